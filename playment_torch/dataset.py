@@ -1,0 +1,708 @@
+"""``PlaymentSegmentationDataset``: Playment project and job ids in, training tensors out.
+
+Construction resolves ids into a compact :class:`~playment_torch.index.FrameIndex` (API responses and job
+results are cached on disk under the ``refresh`` policy). ``ds[i]`` reads the frame's decoded point cloud and
+mask from the disk cache, downloading and decoding them on a miss, and maps label keys to class indices through
+the frame's lookup table.
+
+Choices where the issue is silent (also in the README):
+
+* ``refresh="if_missing"`` uses every cached API answer (project, batch listings, completed jobs, results); jobs
+  that were not completed are asked again. ``"always"`` asks the API for all of them again and downloads only
+  what changed: point clouds are keyed by URL and stay; masks are keyed by the result's digest too, so a
+  relabelled job gets new masks. ``"never"`` never touches the network.
+* With ``on_error="skip"`` a job that fails to resolve is left out at construction; a frame that fails to load
+  in ``ds[i]`` is replaced by the next frame that loads (the length of a map-style dataset cannot change under a
+  running DataLoader), with one warning per frame; :meth:`prefetch` removes failing frames from the index.
+* Multi-sweep (``sweeps=k``): ``sweep_reference="shared"`` (the default, Playment's rule that a job's point
+  clouds and poses share one frame of reference) moves nothing between sweeps; ``"ego_pose"`` treats each cloud
+  as being in its own ego/lidar frame with ``ego_pose`` its pose in a shared world, and moves sweep ``j`` by
+  ``inv(E_key) @ E_j``. A last column holds the sweep index (0 for the key frame).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import operator
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from playment_torch.cache import ArrayCache, cache_key
+from playment_torch.client import PlaymentClient
+from playment_torch.errors import (
+    CacheError,
+    ConfigError,
+    FrameError,
+    JobNotCompletedError,
+    PlaymentError,
+    PlaymentFormatError,
+    redact_url,
+)
+from playment_torch.formats.masks import read_mask
+from playment_torch.formats.pcd import read_pcd
+from playment_torch.geometry import Camera, invert_transform
+from playment_torch.index import FrameIndex
+from playment_torch.labels import ClassMap
+from playment_torch.models import FrameRef, Job, JobResult, Project
+from playment_torch.sample import Sample
+
+__all__ = ["DatasetStats", "PlaymentSegmentationDataset", "PrefetchReport"]
+
+logger = logging.getLogger("playment_torch")
+
+REFRESH_POLICIES = ("if_missing", "always", "never")
+ON_ERROR = ("raise", "skip")
+FRAMES = ("native", "ego")
+SWEEP_REFERENCES = ("shared", "ego_pose")
+LEGACY_LABEL_FIELD = "label_key"
+
+
+@dataclass
+class DatasetStats:
+    """What this process's dataset did: look here when an epoch is slow.
+
+    Attributes:
+        items: Samples built.
+        hits: Arrays (points or masks) served by the disk cache.
+        misses: Arrays that had to be downloaded and decoded.
+        bytes_downloaded: Bytes of point clouds and masks downloaded.
+        download_seconds: Time spent downloading (summed over threads).
+        decode_seconds: Time spent decoding PCD and mask bytes.
+        load_seconds: Time spent in ``ds[i]`` in all (cache reads, decoding, labels, tensors).
+    """
+
+    items: int = 0
+    hits: int = 0
+    misses: int = 0
+    bytes_downloaded: int = 0
+    download_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    load_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class PrefetchReport:
+    """The outcome of :meth:`PlaymentSegmentationDataset.prefetch`.
+
+    Attributes:
+        frames: Frames checked.
+        downloaded: Frames that needed a download (the others were cached).
+        bytes_downloaded: Bytes downloaded.
+        seconds: Wall time.
+        failures: ``(job_id, frame_id, message)`` of frames that failed.
+    """
+
+    frames: int = 0
+    downloaded: int = 0
+    bytes_downloaded: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        mib = self.bytes_downloaded / 2**20
+        return (
+            f"{self.frames} frames ({self.downloaded} downloaded, {mib:.1f} MiB) in {self.seconds:.1f}s, "
+            f"{len(self.failures)} failed"
+        )
+
+
+class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
+    """Point cloud segmentation frames of Playment jobs, as ``(points, labels, poses, intrinsics)`` samples.
+
+    Args:
+        project_id: The Playment project.
+        job_ids: Jobs to use. With ``batch_ids`` too, both are used.
+        batch_ids: Batches whose jobs to use (listed page by page). Neither given: every batch of the project.
+        client: The API client; by default one is made on first need with ``PLAYMENT_API_KEY``.
+        cache_dir: The disk cache's folder; default ``PLAYMENT_TORCH_CACHE`` or the user's cache folder.
+        classes: ``None`` (the sorted union of label names), a list of names, or a dict name -> index.
+        ignore_index: The label of unlabeled points and of classes left out.
+        point_fields: PCD fields that become the columns of ``points`` (a COUNT > 1 field gives several).
+        transform: Called on every :class:`Sample` (see :mod:`playment_torch.transforms`).
+        refresh: ``"if_missing"``, ``"always"`` or ``"never"`` (see the module docstring).
+        on_error: ``"raise"`` or ``"skip"`` a job or frame that fails.
+        frame: ``"native"`` keeps points and poses in the point cloud's frame; ``"ego"`` expresses both in the
+            ego frame of the (key) frame.
+        sweeps: Frames per sample: the key frame and up to ``sweeps - 1`` earlier frames of the same job.
+        label_sweeps: Keep the labels of earlier sweeps (by default they are ``ignore_index``).
+        sweep_reference: How sweeps relate, ``"shared"`` or ``"ego_pose"`` (see the module docstring).
+        num_threads: Threads for resolving jobs.
+        progress: Progress bars; ``None`` shows them only on a terminal.
+        cache_size_limit: Bytes the cache may use before evicting least recently used entries.
+
+    Raises:
+        ConfigError: an option has a wrong value.
+        PlaymentError: resolution failed (``on_error="raise"``), or ``refresh="never"`` and something is not
+            cached (:class:`CacheError`, listing what).
+    """
+
+    def __init__(
+        self,
+        project_id: str,
+        *,
+        job_ids: Iterable[str] | None = None,
+        batch_ids: Iterable[str] | None = None,
+        client: PlaymentClient | None = None,
+        cache_dir: str | None = None,
+        classes: Sequence[str] | Mapping[str, int] | None = None,
+        ignore_index: int = -100,
+        point_fields: Sequence[str] = ("x", "y", "z", "intensity"),
+        transform: Callable[[Sample], Sample] | None = None,
+        refresh: str = "if_missing",
+        on_error: str = "raise",
+        frame: str = "native",
+        sweeps: int = 1,
+        label_sweeps: bool = False,
+        sweep_reference: str = "shared",
+        num_threads: int = 16,
+        progress: bool | None = None,
+        cache_size_limit: int | None = None,
+    ) -> None:
+        _choose("refresh", refresh, REFRESH_POLICIES)
+        _choose("on_error", on_error, ON_ERROR)
+        _choose("frame", frame, FRAMES)
+        _choose("sweep_reference", sweep_reference, SWEEP_REFERENCES)
+        if not isinstance(project_id, str) or not project_id:
+            raise ConfigError(f"project_id must be a non-empty string, got {project_id!r}")
+        if isinstance(point_fields, str) or not point_fields:
+            raise ConfigError("point_fields must be a non-empty sequence of field names")
+        if not isinstance(sweeps, int) or sweeps < 1:
+            raise ConfigError(f"sweeps must be an integer >= 1, got {sweeps!r}")
+        self.project_id = project_id
+        self.ignore_index = int(ignore_index)
+        self.point_fields = tuple(point_fields)
+        self.transform = transform
+        self.refresh = refresh
+        self.on_error = on_error
+        self.frame = frame
+        self.sweeps = sweeps
+        self.label_sweeps = label_sweeps
+        self.sweep_reference = sweep_reference
+        self.num_threads = max(1, int(num_threads))
+        self.progress = progress
+        self._client = client
+        self.cache = ArrayCache(cache_dir, size_limit=cache_size_limit)
+        self._stats = DatasetStats()
+        self._stats_lock = threading.Lock()
+        self._warned: set[int] = set()
+
+        results = self._resolve(
+            None if job_ids is None else list(job_ids), None if batch_ids is None else list(batch_ids)
+        )
+        available = {entry.label for result, _ in results for entry in result.labels}
+        self.class_map = ClassMap(classes, available=available, ignore_index=self.ignore_index)
+        self._index = FrameIndex.build(project_id, results, self.class_map)
+        skipped = sum(len(result.skipped_frames) for result, _ in results)
+        if skipped:
+            logger.info("%d frames have no lidar point cloud or no mask and are not items", skipped)
+
+    # ------------------------------------------------------------------------------------------- basics
+
+    @property
+    def client(self) -> PlaymentClient:
+        """The API client, made on first need (so ``refresh="never"`` works without a key)."""
+        if self._client is None:
+            self._client = PlaymentClient()
+        return self._client
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names by training index."""
+        return self.class_map.names
+
+    @property
+    def frames(self) -> Sequence[FrameRef]:
+        """The items, as :class:`FrameRef` objects rebuilt on access (the index itself stays compact)."""
+        return _FrameSequence(self._index)
+
+    @property
+    def index(self) -> FrameIndex:
+        """The compact frame index (numpy arrays)."""
+        return self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        return (
+            f"PlaymentSegmentationDataset(project_id={self.project_id!r}, jobs={len(self._index.jobs)}, "
+            f"frames={len(self)}, classes={len(self.classes)}, cache={str(self.cache.directory)!r})"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers get the index and the configuration; sessions, locks and databases reopen in each process.
+        state = self.__dict__.copy()
+        del state["_stats_lock"]
+        state["_stats"] = DatasetStats()
+        state["_warned"] = set()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._stats_lock = threading.Lock()
+
+    def cameras(self, i: int) -> tuple[Camera, ...]:
+        """The cameras of item ``i``'s job, in ``sensor_meta`` order (models, distortion, scale factors)."""
+        return self._index.job_of(self._position(i)).cameras
+
+    def stats(self) -> DatasetStats:
+        """This process's counters (cache hits and misses, bytes, download and decode time)."""
+        with self._stats_lock:
+            return DatasetStats(**self._stats.as_dict())  # type: ignore[arg-type]
+
+    def _count(self, **deltas: float) -> None:
+        with self._stats_lock:
+            for name, delta in deltas.items():
+                setattr(self._stats, name, getattr(self._stats, name) + delta)
+
+    def _position(self, i: int) -> int:
+        i = operator.index(i)
+        n = len(self._index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"item {i} out of range for a dataset of {n} frames")
+        return i
+
+    # ------------------------------------------------------------------------------------------- items
+
+    def __getitem__(self, i: int) -> Sample:
+        position = self._position(i)
+        started = time.perf_counter()
+        if self.on_error == "raise":
+            sample = self._sample(position)
+        else:
+            sample = self._sample_or_next(position)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        self._count(items=1, load_seconds=time.perf_counter() - started)
+        return sample
+
+    def _sample_or_next(self, position: int) -> Sample:
+        n = len(self._index)
+        for step in range(n):
+            candidate = (position + step) % n
+            try:
+                return self._sample(candidate)
+            except PlaymentError as exc:
+                if candidate not in self._warned:
+                    self._warned.add(candidate)
+                    warnings.warn(f"skipping {exc}", RuntimeWarning, stacklevel=3)
+        raise PlaymentError("on_error='skip': no frame of the dataset could be loaded")
+
+    def instances(self, i: int) -> torch.Tensor:
+        """Per-point instance ids of item ``i``'s key frame (from ``track_id``, stable across a job's frames;
+        -1 where a point has no track)."""
+        position = self._position(i)
+        data = self._points_array(position)
+        mask = self._mask_array(position, data)
+        return torch.from_numpy(self._index.labels(position, mask, self.ignore_index)[1])
+
+    def _sample(self, position: int) -> Sample:
+        index = self._index
+        job = index.job_of(position)
+        poses = index.poses(position)
+        reference = poses[0]
+        points, labels = self._frame_arrays(position)
+        if self.sweeps > 1:
+            points, labels = self._accumulate(position, points, labels, reference)
+        if self.frame == "ego":
+            to_ego = invert_transform(reference)
+            points = _transform_xyz(points, to_ego)
+            poses = to_ego @ poses
+        return Sample(
+            torch.from_numpy(points),
+            torch.from_numpy(labels),
+            torch.from_numpy(poses),
+            torch.from_numpy(job.intrinsics.copy()),
+        )
+
+    def _frame_arrays(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """Points ``(N, C)`` float32 and labels ``(N,)`` int64 of one frame, from the cache or the network."""
+        data = self._points_array(position)
+        mask = self._mask_array(position, data)
+        if len(mask) != len(data):
+            raise PlaymentFormatError(
+                f"{self._where(position)}: the mask has {len(mask)} label keys but the point cloud has "
+                f"{len(data)} points"
+            )
+        labels, _ = self._index.labels(position, mask, self.ignore_index)
+        return self._select_fields(position, data), labels
+
+    def _accumulate(
+        self, position: int, points: np.ndarray, labels: np.ndarray, reference: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Merge up to ``sweeps - 1`` earlier frames of the same job into the key frame's coordinates."""
+        index = self._index
+        key_to_world = reference if self.sweep_reference == "ego_pose" else None
+        parts = [np.column_stack([points, np.zeros(len(points), dtype=np.float32)])]
+        label_parts = [labels]
+        for back in range(1, self.sweeps):
+            earlier = position - back
+            if earlier < 0 or index.frame_job[earlier] != index.frame_job[position]:
+                break  # frames at the start of a job use what exists
+            sweep_points, sweep_labels = self._frame_arrays(earlier)
+            if key_to_world is not None:
+                motion = invert_transform(key_to_world) @ index.poses(earlier)[0]
+                sweep_points = _transform_xyz(sweep_points, motion)
+            parts.append(np.column_stack([sweep_points, np.full(len(sweep_points), back, dtype=np.float32)]))
+            if not self.label_sweeps:
+                sweep_labels = np.full_like(sweep_labels, self.ignore_index)
+            label_parts.append(sweep_labels)
+        return np.concatenate(parts).astype(np.float32, copy=False), np.concatenate(label_parts)
+
+    def _where(self, position: int) -> str:
+        return f"job {self._index.job_of(position).job_id}, frame {self._index.frame_ids[position]}"
+
+    def _select_fields(self, position: int, data: np.ndarray) -> np.ndarray:
+        names = data.dtype.names or ()
+        columns = []
+        for wanted in self.point_fields:
+            name = wanted if wanted in names else _case_insensitive(wanted, names)
+            if name is None:
+                raise PlaymentFormatError(
+                    f"{self._where(position)}: the point cloud has no field {wanted!r}; it has "
+                    f"{', '.join(names) or 'no fields'} (choose point_fields among them)"
+                )
+            column = data[name]
+            columns.append(column.reshape(len(data), -1))
+        width = sum(c.shape[1] for c in columns)
+        out = np.empty((len(data), width), dtype=np.float32)
+        at = 0
+        for column in columns:
+            out[:, at : at + column.shape[1]] = column
+            at += column.shape[1]
+        return out
+
+    def _points_array(self, position: int) -> np.ndarray:
+        index = self._index
+        url = index.pointcloud_urls[position]
+        key = cache_key(
+            "points",
+            project_id=self.project_id,
+            job_id=index.job_of(position).job_id,
+            frame_id=index.frame_ids[position],
+            sensor_id=index.sensor_ids[position],
+            url=url,
+        )
+        return self._cached_array(position, key, url, lambda body: read_pcd(body).data)
+
+    def _mask_array(self, position: int, points: np.ndarray) -> np.ndarray:
+        index = self._index
+        if index.legacy[position]:
+            # A legacy mask is a PCD with x y z label_key: the point cloud already holds it.
+            if LEGACY_LABEL_FIELD not in (points.dtype.names or ()):
+                raise PlaymentFormatError(
+                    f"{self._where(position)}: the legacy mask has no 'label_key' field"
+                )
+            return points[LEGACY_LABEL_FIELD].astype(np.int64)
+        job = index.job_of(position)
+        url = index.mask_urls[position]
+        key = cache_key(
+            f"mask@{job.digest}",
+            project_id=self.project_id,
+            job_id=job.job_id,
+            frame_id=index.frame_ids[position],
+            sensor_id=index.sensor_ids[position],
+            url=url,
+        )
+        return self._cached_array(position, key, url, read_mask)
+
+    def _cached_array(
+        self, position: int, key: str, url: str, decode: Callable[[bytes], np.ndarray]
+    ) -> np.ndarray:
+        cached = self.cache.get_array(key)
+        if cached is not None:
+            self._count(hits=1)
+            return cached
+        if self.refresh == "never":
+            raise CacheError(f"{self._where(position)}: {redact_url(url)} is not cached and refresh='never'")
+
+        def create() -> np.ndarray:
+            started = time.perf_counter()
+            body = self.client.download(url)
+            downloaded = time.perf_counter()
+            try:
+                array = decode(body)
+            except PlaymentFormatError as exc:
+                raise PlaymentFormatError(f"{self._where(position)}: {redact_url(url)}: {exc}") from exc
+            self._count(
+                misses=1,
+                bytes_downloaded=len(body),
+                download_seconds=downloaded - started,
+                decode_seconds=time.perf_counter() - downloaded,
+            )
+            return array
+
+        try:
+            return self.cache.get_or_create(key, create)
+        except (PlaymentFormatError, CacheError, FrameError):
+            raise
+        except PlaymentError as exc:
+            job = self._index.job_of(position).job_id
+            raise FrameError(str(exc), job_id=job, frame_id=self._index.frame_ids[position]) from exc
+
+    # ------------------------------------------------------------------------------------------- prefetch
+
+    def prefetch(self, num_threads: int = 16, progress: bool | None = True) -> PrefetchReport:
+        """Download and cache every frame's point cloud and mask, concurrently.
+
+        Args:
+            num_threads: Concurrent downloads.
+            progress: Show a progress bar (only on a terminal when ``None``).
+
+        Returns:
+            Frames, bytes, time and failures. With ``on_error="skip"`` failing frames leave the index.
+
+        Raises:
+            PlaymentError: some frames failed and ``on_error="raise"`` (the first failure is chained).
+        """
+        started = time.perf_counter()
+        before = self.stats()
+        report = PrefetchReport(frames=len(self))
+        failed = np.zeros(len(self), dtype=bool)
+        errors: list[PlaymentError] = []
+
+        def load(position: int) -> None:
+            try:
+                data = self._points_array(position)
+                self._mask_array(position, data)
+            except PlaymentError as exc:
+                failed[position] = True
+                errors.append(exc)
+                report.failures.append(
+                    (self._index.job_of(position).job_id, self._index.frame_ids[position], str(exc))
+                )
+
+        with (
+            ThreadPoolExecutor(max(1, num_threads)) as pool,
+            self._bar(len(self), "prefetch", "frame", progress) as bar,
+        ):
+            for _ in pool.map(load, range(len(self))):
+                bar.update(1)
+        after = self.stats()
+        report.downloaded = after.misses - before.misses
+        report.bytes_downloaded = after.bytes_downloaded - before.bytes_downloaded
+        report.seconds = time.perf_counter() - started
+        report.failures.sort()
+        if errors and self.on_error == "raise":
+            raise PlaymentError(
+                f"prefetch: {len(errors)} of {len(self)} frames failed; first: {report.failures[0][2]}"
+            ) from errors[0]
+        if errors:
+            warnings.warn(
+                f"prefetch: leaving out {len(errors)} frames that failed, e.g. {report.failures[0][2]}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._index = self._index.subset(~failed)
+        return report
+
+    def _bar(self, total: int, desc: str, unit: str, progress: bool | None = None) -> Any:
+        show = self.progress if progress is None else progress
+        if show is None or show:
+            show = sys.stderr.isatty() if show is None or self.progress is None else show
+        return tqdm(total=total, desc=desc, unit=unit, disable=not show or total == 0, leave=False)
+
+    # ------------------------------------------------------------------------------------------- resolution
+
+    def _resolve(self, job_ids: list[str] | None, batch_ids: list[str] | None) -> list[tuple[JobResult, str]]:
+        """Ids -> sorted job ids -> (parsed result, digest) per completed job."""
+        missing: list[str] = []
+        wanted: set[str] = set(job_ids or ())
+        if batch_ids is None and job_ids is None:
+            project = self._project(missing)
+            batch_ids = [batch.id for batch in project.batches] if project else []
+        for batch_id in batch_ids or ():
+            wanted.update(self._batch_job_ids(batch_id, missing))
+        ordered = sorted(wanted)
+
+        outcomes: dict[str, tuple[JobResult, str] | str | PlaymentError] = {}
+
+        def resolve(job_id: str) -> None:
+            try:
+                outcomes[job_id] = self._job_result(job_id)
+            except JobNotCompletedError as exc:
+                outcomes[job_id] = exc.status
+            except CacheError as exc:
+                outcomes[job_id] = exc
+                missing.append(f"job {job_id}")
+            except PlaymentError as exc:
+                outcomes[job_id] = exc
+
+        with (
+            ThreadPoolExecutor(self.num_threads) as pool,
+            self._bar(len(ordered), "resolving jobs", "job") as bar,
+        ):
+            for _ in pool.map(resolve, ordered):
+                bar.update(1)
+
+        if missing:
+            shown = ", ".join(sorted(missing)[:20]) + (" ..." if len(missing) > 20 else "")
+            raise CacheError(f"refresh='never' but {len(missing)} items are not cached: {shown}")
+        results: list[tuple[JobResult, str]] = []
+        pending: list[str] = []
+        for job_id in ordered:
+            outcome = outcomes[job_id]
+            if isinstance(outcome, str):
+                pending.append(f"{job_id} ({outcome})")
+            elif isinstance(outcome, PlaymentError):
+                if self.on_error == "raise":
+                    raise outcome
+                warnings.warn(f"skipping job {job_id}: {outcome}", RuntimeWarning, stacklevel=3)
+            else:
+                results.append(outcome)
+        if pending:
+            shown = ", ".join(pending[:10]) + (" ..." if len(pending) > 10 else "")
+            warnings.warn(
+                f"{len(pending)} of {len(ordered)} jobs are not completed and are left out: {shown}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return results
+
+    def _cached_json(self, key: str, fetch: Callable[[], Any], missing: list[str], what: str) -> Any:
+        """An API answer under the refresh policy: cached, fetched (and cached), or listed as missing."""
+        if self.refresh != "always":
+            cached = self.cache.get_json(key)
+            if cached is not None:
+                return cached
+            if self.refresh == "never":
+                missing.append(what)
+                return None
+        value = fetch()
+        self.cache.put_json(key, value)
+        return value
+
+    def _project(self, missing: list[str]) -> Project | None:
+        key = cache_key("project", project_id=self.project_id)
+        payload = self._cached_json(
+            key, lambda: _project_json(self.client.get_project(self.project_id)), missing, "project details"
+        )
+        return None if payload is None else Project.from_api(payload, project_id=self.project_id)
+
+    def _batch_job_ids(self, batch_id: str, missing: list[str]) -> list[str]:
+        key = cache_key("batch", project_id=self.project_id, job_id=batch_id)
+        listing = self._cached_json(
+            key,
+            lambda: [job.job_id for job in self.client.iter_batch_jobs(self.project_id, batch_id)],
+            missing,
+            f"batch {batch_id}",
+        )
+        return list(listing or ())
+
+    def _job_result(self, job_id: str) -> tuple[JobResult, str]:
+        job_key = cache_key("job", project_id=self.project_id, job_id=job_id)
+        cached_job = None if self.refresh == "always" else self.cache.get_json(job_key)
+        if cached_job is not None:
+            job = Job.from_api(cached_job, project_id=self.project_id, job_id=job_id)
+        elif self.refresh == "never":
+            raise CacheError(f"job {job_id} is not cached")
+        else:
+            job = self.client.get_job(self.project_id, job_id)
+            if job.is_completed:
+                # Only a completed job is final; any other status is asked again next time.
+                self.cache.put_json(job_key, _job_json(job))
+        if not job.is_completed:
+            raise JobNotCompletedError(job.job_id, job.status)
+        result_key = cache_key("result", project_id=self.project_id, job_id=job_id, url=job.result_url)
+        cached = None if self.refresh == "always" else self.cache.get_json(result_key)
+        if cached is None:
+            if self.refresh == "never":
+                raise CacheError(f"the result of job {job_id} is not cached")
+            payload = self.client.get_result_json(job)
+            digest = hashlib.sha256(
+                json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+            ).hexdigest()[:16]
+            cached = {"digest": digest, "result": payload}
+            self.cache.put_json(result_key, cached)
+        result = JobResult.from_api(cached["result"], project_id=self.project_id, job_id=job_id)
+        return result, str(cached["digest"])
+
+
+class _FrameSequence(Sequence[FrameRef]):
+    """``ds.frames``: a read-only sequence view that builds FrameRefs on access."""
+
+    def __init__(self, index: FrameIndex) -> None:
+        self._index = index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self._index.frame_ref(j) for j in range(*i.indices(len(self)))]
+        i = operator.index(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"frame {i} out of range")
+        return self._index.frame_ref(i)
+
+
+def _choose(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def _case_insensitive(wanted: str, names: Sequence[str]) -> str | None:
+    matches = [n for n in names if n.lower() == wanted.lower()]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _transform_xyz(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 rigid transform to columns 0..2 (computed in float64), keeping the other columns."""
+    out = points.copy()
+    xyz = points[:, :3].astype(np.float64)
+    out[:, :3] = xyz @ matrix[:3, :3].T + matrix[:3, 3]
+    return out
+
+
+def _job_json(job: Job) -> dict[str, Any]:
+    """A job in the API's own shape, so the cached copy parses like a fresh answer."""
+    return {
+        "project_id": job.project_id,
+        "job_id": job.job_id,
+        "reference_id": job.reference_id,
+        "batch_id": job.batch_id,
+        "status": job.status,
+        "work_flow_id": job.work_flow_id,
+        "priority_weight": job.priority_weight,
+        "tag": job.tag,
+        "result": job.result_url,
+    }
+
+
+def _project_json(project: Project) -> dict[str, Any]:
+    return {
+        "name": project.name,
+        "batches": [
+            {
+                "id": b.id,
+                "name": b.name,
+                "description": b.description,
+                "is_default": b.is_default,
+                "total_jobs": b.total_jobs,
+                "completed_jobs": b.completed_jobs,
+                "total_frames": b.total_frames,
+                "completed_frames": b.completed_frames,
+                "status": b.status,
+            }
+            for b in project.batches
+        ],
+    }

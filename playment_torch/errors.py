@@ -1,0 +1,185 @@
+"""Every failure ``playment_torch`` raises.
+
+The hierarchy::
+
+    PlaymentError                      root: catch this to catch everything the library raises
+    ├── ConfigError                    missing API key, bad base URL, bad option value
+    ├── APIError                       an HTTP or Playment-level failure (.status_code, .code, .url, .attempts)
+    │   ├── AuthenticationError        401/403 from the API, or Playment's auth-failure / unauthorized codes
+    │   ├── NotFoundError              404, or Playment's FS_0006
+    │   ├── RateLimitError             429 after the last retry
+    │   └── ServerError                5xx, or Playment's "try later" codes, after the last retry
+    ├── JobNotCompletedError           a job has no result yet (.job_id, .status)
+    ├── DownloadError                  a file could not be fetched intact (.url, .attempts)
+    ├── CacheError                     the disk cache is unusable, or ``refresh="never"`` lacks entries
+    ├── FrameError                     a frame could not be loaded (.job_id, .frame_id; the cause is chained)
+    └── PlaymentFormatError            bytes or JSON that do not decode (also a ``ValueError``)
+
+Every message names what it concerns (job, frame, URL without its query string, byte offset) and never the
+API key. URLs are stripped of their query strings by :func:`redact_url` before they enter an exception.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "CacheError",
+    "ConfigError",
+    "DownloadError",
+    "FrameError",
+    "JobNotCompletedError",
+    "NotFoundError",
+    "PlaymentError",
+    "PlaymentFormatError",
+    "RateLimitError",
+    "ServerError",
+    "redact_url",
+]
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` without its query string, fragment and user info.
+
+    Signed URLs carry their signature (and sometimes a key) in the query string; nothing of it may reach an
+    error message, a log line or a cache key.
+
+    Args:
+        url: Any URL or plain string.
+
+    Returns:
+        ``scheme://host[:port]/path`` for URLs; the input up to the first ``?`` otherwise.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url.split("?", 1)[0].split("#", 1)[0]
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    if not parts.scheme:
+        return url.split("?", 1)[0].split("#", 1)[0]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class PlaymentError(Exception):
+    """Root of every exception raised by ``playment_torch``."""
+
+
+class ConfigError(PlaymentError):
+    """The library was configured wrongly: no API key, an unsafe base URL, an unknown option value."""
+
+
+class APIError(PlaymentError):
+    """A request to the Playment API (or a signed URL) failed.
+
+    Attributes:
+        status_code: The HTTP status, or ``None`` when no response arrived (connection error, timeout).
+        code: Playment's error code from ``{"error": {"code": ...}}``, if any.
+        url: The request URL without its query string.
+        attempts: How many attempts were made before giving up.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        url: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        self.status_code = status_code
+        self.code = code
+        self.url = redact_url(url) if url else None
+        self.attempts = attempts
+        details = []
+        if status_code is not None:
+            details.append(f"HTTP {status_code}")
+        if code:
+            details.append(f"code {code}")
+        if self.url:
+            details.append(f"url {self.url}")
+        if attempts > 1:
+            details.append(f"after {attempts} attempts")
+        super().__init__(f"{message} ({', '.join(details)})" if details else message)
+
+
+class AuthenticationError(APIError):
+    """The API key was missing, wrong or not allowed to see the resource."""
+
+
+class NotFoundError(APIError):
+    """The project, batch, job or attachment does not exist."""
+
+
+class RateLimitError(APIError):
+    """The API kept answering 429 (too many requests) through every retry."""
+
+
+class ServerError(APIError):
+    """The API kept failing on its side (5xx or a "try later" code) through every retry."""
+
+
+class JobNotCompletedError(PlaymentError):
+    """A job's result was asked for while the job is not ``completed``.
+
+    Attributes:
+        job_id: The job.
+        status: Its current status.
+    """
+
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"job {job_id} is {status!r}, not 'completed': it has no result yet")
+
+
+class DownloadError(PlaymentError):
+    """A file could not be downloaded intact (truncated, too large, refused scheme, repeated failures).
+
+    Attributes:
+        url: The URL without its query string.
+        attempts: How many attempts were made.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, attempts: int = 1) -> None:
+        self.url = redact_url(url) if url else None
+        self.attempts = attempts
+        details = []
+        if self.url:
+            details.append(f"url {self.url}")
+        if attempts > 1:
+            details.append(f"after {attempts} attempts")
+        super().__init__(f"{message} ({', '.join(details)})" if details else message)
+
+
+class CacheError(PlaymentError):
+    """The disk cache cannot serve a request (for instance ``refresh="never"`` and entries are missing)."""
+
+
+class FrameError(PlaymentError):
+    """A dataset item could not be loaded: its download or its cache failed.
+
+    The underlying :class:`PlaymentError` is chained as ``__cause__``; the message repeats it after the job and
+    frame it concerns.
+
+    Attributes:
+        job_id: The job.
+        frame_id: The frame.
+    """
+
+    def __init__(self, message: str, *, job_id: str, frame_id: str) -> None:
+        self.job_id = job_id
+        self.frame_id = frame_id
+        super().__init__(f"job {job_id}, frame {frame_id}: {message}")
+
+
+class PlaymentFormatError(PlaymentError, ValueError):
+    """Bytes or JSON that do not decode: a malformed result, PCD file or mask.
+
+    The message says what is wrong and where: job, frame and JSON path for results; byte offset or line for
+    files.
+    """

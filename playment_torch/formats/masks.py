@@ -1,0 +1,168 @@
+"""Decode Playment segmentation masks: one integer label key per point of the frame's point cloud.
+
+Playment serves a mask as a JSON array of integers (``[16,58,1,...]``); older jobs served a PCD file with
+fields ``x y z label_key`` instead. :func:`read_mask` tells them apart by the first non-whitespace byte.
+
+Masks are parsed on every cache miss, so the JSON path avoids Python objects per key: the bytes are checked
+with a handful of whole-buffer operations and converted by numpy's C parser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+
+from playment_torch.errors import PlaymentFormatError
+from playment_torch.formats.pcd import read_pcd
+
+__all__ = ["encode_mask", "read_mask"]
+
+_JSON_SPACE = b" \t\r\n"
+_INT64_MIN = np.iinfo(np.int64).min
+_INT64_MAX = np.iinfo(np.int64).max
+_NOT_ALLOWED = re.compile(rb"[^0-9,\- \t\r\n]")
+_TOKEN = re.compile(rb"[ \t\r\n]*(-?[0-9]+)[ \t\r\n]*")
+_DIGIT = np.zeros(256, dtype=bool)
+_DIGIT[ord("0") : ord("9") + 1] = True
+
+
+def read_mask(source: bytes | bytearray | memoryview | str | os.PathLike[str]) -> np.ndarray:
+    """Decode a mask: a JSON array of integer label keys, or a legacy PCD file with a ``label_key`` field.
+
+    Args:
+        source: The mask's bytes, or a path to the file (a ``str`` is always a path).
+
+    Returns:
+        ``int64`` array with one label key per point (keys may be negative).
+
+    Raises:
+        PlaymentFormatError: The JSON is not a flat array of integers that fit in int64 (nested arrays,
+            floats, strings, objects, literals, empty elements, unbalanced brackets), the PCD does not decode
+            or has no single-valued ``label_key`` field, or its keys are not integers.
+        OSError: ``source`` is a path that cannot be read.
+    """
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as f:
+            blob: bytes | bytearray = f.read()
+    elif isinstance(source, bytes | bytearray):
+        blob = source
+    elif isinstance(source, memoryview):
+        blob = source.tobytes()
+    else:
+        raise PlaymentFormatError(
+            f"read_mask expects bytes, bytearray, memoryview or a path, not {type(source).__name__}"
+        )
+    start = len(blob) - len(blob.lstrip(_JSON_SPACE))
+    if blob[start : start + 1] == b"[":
+        return _parse_json_keys(bytes(blob))
+    return _pcd_label_keys(blob)
+
+
+def encode_mask(keys: np.ndarray) -> bytes:
+    """Encode label keys as the JSON array Playment serves, e.g. ``b"[16,58,1]"``.
+
+    Args:
+        keys: 1-D array (or sequence) of integers.
+
+    Returns:
+        Compact JSON without spaces.
+
+    Raises:
+        PlaymentFormatError: ``keys`` is not 1-D or holds non-integers.
+    """
+    array = np.asarray(keys)
+    if array.ndim != 1:
+        raise PlaymentFormatError(f"a mask is a flat array of label keys, got shape {array.shape}")
+    if array.size and array.dtype.kind not in "iu":
+        raise PlaymentFormatError(f"mask label keys must be integers, got dtype {array.dtype}")
+    return ("[" + ",".join(map(str, array.tolist())) + "]").encode("ascii")
+
+
+def _parse_json_keys(blob: bytes) -> np.ndarray:
+    text = blob.strip(_JSON_SPACE)
+    if not text.endswith(b"]") or len(text) < 2:
+        raise PlaymentFormatError(
+            f"mask JSON is not a closed array: it ends with {text[-20:]!r} "
+            f"at byte {len(blob.rstrip(_JSON_SPACE))}"
+        )
+    inner = text[1:-1]
+    base = blob.index(b"[") + 1  # byte offset of inner within blob, for messages
+    bad = inner.translate(None, b"0123456789,- \t\r\n")
+    if bad:
+        match = _NOT_ALLOWED.search(inner)
+        assert match is not None
+        position = base + match.start()
+        char = inner[match.start() : match.start() + 1]
+        raise PlaymentFormatError(
+            f"mask JSON is not a flat array of integers: unexpected {char!r} at byte {position} "
+            "(nested arrays, floats, strings, objects and literals are not label keys)"
+        )
+    if not inner.strip(_JSON_SPACE):
+        return np.zeros(0, dtype=np.int64)
+    raw = np.frombuffer(inner, dtype=np.uint8)
+    # numpy's parser reads a lone "-" as 0; JSON needs a digit right after every minus sign.
+    minus = np.flatnonzero(raw == ord("-"))
+    if minus.size:
+        after = minus + 1
+        ok = after < raw.size
+        ok[ok] = _DIGIT[raw[after[ok]]]
+        if not ok.all():
+            raise PlaymentFormatError(
+                f"mask JSON has a '-' without digits at byte {base + int(minus[~ok][0])}"
+            )
+    expected = int(np.count_nonzero(raw == ord(","))) + 1
+    try:
+        keys = np.fromstring(inner, dtype=np.int64, sep=",")  # C parser, no Python int per key
+    except ValueError:
+        keys = None
+    if keys is None or keys.size != expected:
+        raise _locate_json_error(inner, base)
+    # strtoll saturates on overflow: an extreme value may be a key that does not fit; check those exactly.
+    if np.any((keys == _INT64_MAX) | (keys == _INT64_MIN)):
+        for value in json.loads(b"[" + inner + b"]"):
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                raise PlaymentFormatError(f"mask label key {value} does not fit in int64")
+    return keys
+
+
+def _locate_json_error(inner: bytes, base: int) -> PlaymentFormatError:
+    """Describe the first malformed element (error path only)."""
+    position = 0
+    for index, element in enumerate(inner.split(b",")):
+        if _TOKEN.fullmatch(element) is None:
+            what = "an empty element" if not element.strip(_JSON_SPACE) else f"{element.strip()[:30]!r}"
+            return PlaymentFormatError(
+                f"mask JSON element {index} at byte {base + position} is {what}, not an integer"
+            )
+        position += len(element) + 1
+    return PlaymentFormatError(f"mask JSON array starting at byte {base - 1} is malformed")
+
+
+def _pcd_label_keys(blob: bytes | bytearray) -> np.ndarray:
+    try:
+        cloud = read_pcd(blob)
+    except PlaymentFormatError as exc:
+        first = blob.lstrip(_JSON_SPACE)[:1]
+        raise PlaymentFormatError(
+            f"mask starts with {first!r}: not a JSON array, and not a valid PCD ({exc})"
+        ) from exc
+    header = cloud.header
+    if "label_key" not in header.fields:
+        raise PlaymentFormatError(
+            f"PCD mask has no label_key field (fields: {' '.join(header.fields)}); "
+            "a mask is a JSON array or a PCD with x y z label_key"
+        )
+    index = header.fields.index("label_key")
+    if header.counts[index] != 1:
+        raise PlaymentFormatError(f"PCD mask field label_key has COUNT {header.counts[index]}, expected 1")
+    column = cloud.data["label_key"]
+    if header.types[index] == "F":
+        finite = np.isfinite(column)
+        if not finite.all() or np.any(column != np.trunc(column)) or np.any(np.abs(column) >= 2.0**63):
+            raise PlaymentFormatError("PCD mask label_key values are not all integers")
+    elif header.types[index] == "U" and header.sizes[index] == 8 and np.any(column > _INT64_MAX):
+        raise PlaymentFormatError("PCD mask label_key values do not fit in int64")
+    return column.astype(np.int64)

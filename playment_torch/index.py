@@ -1,0 +1,323 @@
+"""The dataset's frame index: every (job, frame) item in a handful of numpy arrays.
+
+A million-frame project must not become a million Python objects: DataLoader workers touch every object they
+read, and reference counting then copies the pages of a forked parent's memory one by one. So frames live in
+flat arrays (ids and URLs in :class:`StringTable` buffers, poses as 7-vectors, label lookup tables concatenated
+with offsets), and :class:`~playment_torch.models.FrameRef` objects are rebuilt only when asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from playment_torch.geometry import Camera, Pose
+from playment_torch.labels import ClassMap, apply_lookup
+from playment_torch.models import FrameRef, JobResult, LabelEntry
+
+__all__ = ["FrameIndex", "StringTable"]
+
+_NAN_POSE = np.full(7, np.nan)
+
+
+class StringTable(Sequence[str]):
+    """An immutable list of strings stored as one UTF-8 buffer and an offsets array."""
+
+    __slots__ = ("_buffer", "_offsets")
+
+    def __init__(self, strings: Iterable[str] = ()) -> None:
+        encoded = [s.encode("utf-8") for s in strings]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        self._buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    @classmethod
+    def concatenate(cls, tables: Sequence[StringTable]) -> StringTable:
+        """Join several tables into one, in order."""
+        table = cls()
+        if not tables:
+            return table
+        table._buffer = np.concatenate([t._buffer for t in tables])
+        starts = np.cumsum([0] + [int(t._offsets[-1]) for t in tables[:-1]])
+        table._offsets = np.concatenate(
+            [np.zeros(1, dtype=np.int64)] + [t._offsets[1:] + s for t, s in zip(tables, starts, strict=True)]
+        )
+        return table
+
+    def take(self, indices: np.ndarray) -> StringTable:
+        """A new table with the strings at ``indices``."""
+        return StringTable(self[int(i)] for i in indices)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        start, stop = self._offsets[i], self._offsets[i + 1]
+        return self._buffer[start:stop].tobytes().decode("utf-8")
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._buffer.nbytes + self._offsets.nbytes)
+
+
+def _pose_vector(pose: Pose | None) -> np.ndarray:
+    if pose is None:
+        return _NAN_POSE
+    return np.array((*pose.rotation, *pose.translation), dtype=np.float64)
+
+
+def pose_matrices(vectors: np.ndarray) -> np.ndarray:
+    """``(M, 7)`` pose vectors ``(w, x, y, z, tx, ty, tz)`` -> ``(M, 4, 4)`` matrices (NaN rows stay NaN)."""
+    w, x, y, z = (vectors[:, i] for i in range(4))
+    out = np.zeros((len(vectors), 4, 4), dtype=np.float64)
+    # Quaternions were normalised when parsed; this is the standard Hamilton rotation matrix.
+    out[:, 0, 0] = 1 - 2 * (y * y + z * z)
+    out[:, 0, 1] = 2 * (x * y - w * z)
+    out[:, 0, 2] = 2 * (x * z + w * y)
+    out[:, 1, 0] = 2 * (x * y + w * z)
+    out[:, 1, 1] = 1 - 2 * (x * x + z * z)
+    out[:, 1, 2] = 2 * (y * z - w * x)
+    out[:, 2, 0] = 2 * (x * z - w * y)
+    out[:, 2, 1] = 2 * (y * z + w * x)
+    out[:, 2, 2] = 1 - 2 * (x * x + y * y)
+    out[:, :3, 3] = vectors[:, 4:7]
+    out[:, 3, 3] = 1.0
+    out[np.isnan(vectors).any(axis=1)] = np.nan
+    return out
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What the index keeps per job (a few objects per job, never per frame)."""
+
+    job_id: str
+    digest: str
+    cameras: tuple[Camera, ...]
+    intrinsics: np.ndarray  # (K, 3, 3)
+    tracks: tuple[str, ...]  # instance id -> track id
+
+
+class FrameIndex:
+    """Flat arrays describing every item of the dataset.
+
+    Build it with :meth:`build` from parsed job results; select items with :meth:`subset`.
+    """
+
+    def __init__(self) -> None:
+        self.project_id = ""
+        self.jobs: list[JobInfo] = []
+        self.label_names: tuple[str, ...] = ()
+        self.class_ids: tuple[str, ...] = ()
+        self.frame_job = np.zeros(0, dtype=np.int32)
+        self.frame_position = np.zeros(0, dtype=np.int32)
+        self.legacy = np.zeros(0, dtype=bool)
+        self.frame_ids = StringTable()
+        self.sensor_ids = StringTable()
+        self.pointcloud_urls = StringTable()
+        self.mask_urls = StringTable()
+        self.ego_poses = np.zeros((0, 7))
+        self.camera_poses = np.zeros((0, 7))
+        self.camera_offsets = np.zeros(1, dtype=np.int64)
+        # Label lookup tables, one run of rows per frame.
+        self.lut_offsets = np.zeros(1, dtype=np.int64)
+        self.lut_keys = np.zeros(0, dtype=np.int64)
+        self.lut_classes = np.zeros(0, dtype=np.int64)
+        self.lut_instances = np.zeros(0, dtype=np.int64)
+        self.lut_names = np.zeros(0, dtype=np.int32)
+        self.lut_class_ids = np.zeros(0, dtype=np.int32)
+
+    @classmethod
+    def build(
+        cls, project_id: str, results: Sequence[tuple[JobResult, str]], class_map: ClassMap
+    ) -> FrameIndex:
+        """Index the frames of parsed results.
+
+        Args:
+            project_id: The project.
+            results: ``(result, digest)`` per job, in the dataset's order; ``digest`` identifies the result's
+                content (a relabelled job gets a new one, and with it new mask cache keys).
+            class_map: Maps label names to training indices.
+
+        Returns:
+            The index.
+        """
+        index = cls()
+        index.project_id = project_id
+        names: dict[str, int] = {}
+        class_ids: dict[str, int] = {}
+        columns: dict[str, list[Any]] = {
+            k: []
+            for k in ("job", "position", "legacy", "frame", "sensor", "points", "mask", "ego", "cams", "ncam")
+        }
+        luts: list[tuple[np.ndarray, ...]] = []
+        for job_number, (result, digest) in enumerate(results):
+            tracks: dict[str, int] = {}
+            for entry in result.labels:
+                if entry.track_id and entry.track_id not in tracks:
+                    tracks[entry.track_id] = len(tracks)
+            intrinsics = (
+                np.stack([c.matrix() for c in result.cameras]) if result.cameras else np.zeros((0, 3, 3))
+            )
+            index.jobs.append(JobInfo(result.job_id, digest, result.cameras, intrinsics, tuple(tracks)))
+            for frame in result.frames:
+                columns["job"].append(job_number)
+                columns["position"].append(frame.frame_index)
+                columns["legacy"].append(frame.legacy)
+                columns["frame"].append(frame.frame_id)
+                columns["sensor"].append(frame.sensor_id)
+                columns["points"].append(frame.pointcloud_url)
+                columns["mask"].append(frame.mask_url)
+                columns["ego"].append(_pose_vector(frame.ego_pose))
+                columns["cams"].extend(_pose_vector(p) for p in frame.camera_poses)
+                columns["ncam"].append(len(frame.camera_poses))
+                lookup = class_map.lookup(frame.labels, tracks)
+                ordered = sorted(frame.labels, key=lambda e: e.label_key)
+                luts.append(
+                    (
+                        lookup.keys,
+                        lookup.classes,
+                        lookup.instances,
+                        np.array([names.setdefault(e.label, len(names)) for e in ordered], dtype=np.int32),
+                        np.array(
+                            [class_ids.setdefault(e.class_id, len(class_ids)) for e in ordered],
+                            dtype=np.int32,
+                        ),
+                    )
+                )
+        index.label_names = tuple(names)
+        index.class_ids = tuple(class_ids)
+        index.frame_job = np.array(columns["job"], dtype=np.int32)
+        index.frame_position = np.array(columns["position"], dtype=np.int32)
+        index.legacy = np.array(columns["legacy"], dtype=bool)
+        index.frame_ids = StringTable(columns["frame"])
+        index.sensor_ids = StringTable(columns["sensor"])
+        index.pointcloud_urls = StringTable(columns["points"])
+        index.mask_urls = StringTable(columns["mask"])
+        index.ego_poses = np.array(columns["ego"], dtype=np.float64).reshape(-1, 7)
+        index.camera_poses = np.array(columns["cams"], dtype=np.float64).reshape(-1, 7)
+        index.camera_offsets = np.concatenate([[0], np.cumsum(columns["ncam"], dtype=np.int64)]).astype(
+            np.int64
+        )
+        index.lut_offsets = np.concatenate([[0], np.cumsum([len(t[0]) for t in luts], dtype=np.int64)])
+        index.lut_offsets = index.lut_offsets.astype(np.int64)
+        for position, name in enumerate(
+            ("lut_keys", "lut_classes", "lut_instances", "lut_names", "lut_class_ids")
+        ):
+            dtype = np.int32 if name in ("lut_names", "lut_class_ids") else np.int64
+            parts = [t[position] for t in luts]
+            setattr(index, name, np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype))
+        return index
+
+    def __len__(self) -> int:
+        return len(self.frame_job)
+
+    def job_of(self, i: int) -> JobInfo:
+        return self.jobs[int(self.frame_job[i])]
+
+    def labels(self, i: int, mask: np.ndarray, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Class indices and instance ids of frame ``i``'s label keys."""
+        start, stop = self.lut_offsets[i], self.lut_offsets[i + 1]
+        return apply_lookup(
+            self.lut_keys[start:stop],
+            self.lut_classes[start:stop],
+            self.lut_instances[start:stop],
+            mask,
+            ignore_index,
+        )
+
+    def poses(self, i: int) -> np.ndarray:
+        """``(1 + K, 4, 4)``: the ego pose, then one pose per camera (NaN when the frame does not give it)."""
+        start, stop = self.camera_offsets[i], self.camera_offsets[i + 1]
+        return pose_matrices(np.concatenate([self.ego_poses[i : i + 1], self.camera_poses[start:stop]]))
+
+    def frame_ref(self, i: int) -> FrameRef:
+        """Rebuild the :class:`FrameRef` of item ``i``."""
+        job = self.job_of(i)
+        frame_id = self.frame_ids[i]
+        start, stop = self.lut_offsets[i], self.lut_offsets[i + 1]
+        labels = tuple(
+            LabelEntry(
+                label_key=int(self.lut_keys[r]),
+                label=self.label_names[self.lut_names[r]],
+                class_id=self.class_ids[self.lut_class_ids[r]],
+                track_id=job.tracks[self.lut_instances[r]] if self.lut_instances[r] >= 0 else "",
+                frame_id=frame_id,
+            )
+            for r in range(start, stop)
+        )
+        cam_start, cam_stop = self.camera_offsets[i], self.camera_offsets[i + 1]
+        camera_poses = tuple(
+            None if np.isnan(v).any() else Pose(tuple(v[:4]), tuple(v[4:]))
+            for v in self.camera_poses[cam_start:cam_stop]
+        )
+        ego = self.ego_poses[i]
+        return FrameRef(
+            project_id=self.project_id,
+            job_id=job.job_id,
+            frame_id=frame_id,
+            frame_index=int(self.frame_position[i]),
+            sensor_id=self.sensor_ids[i],
+            pointcloud_url=self.pointcloud_urls[i],
+            mask_url=self.mask_urls[i],
+            labels=labels,
+            ego_pose=Pose(tuple(ego[:4]), tuple(ego[4:])),
+            camera_poses=camera_poses,
+            cameras=job.cameras,
+            legacy=bool(self.legacy[i]),
+        )
+
+    def subset(self, keep: np.ndarray) -> FrameIndex:
+        """A new index with only the items where ``keep`` (a boolean array) is true."""
+        keep = np.asarray(keep, dtype=bool)
+        rows = np.flatnonzero(keep)
+        out = FrameIndex()
+        out.project_id = self.project_id
+        out.jobs = self.jobs
+        out.label_names = self.label_names
+        out.class_ids = self.class_ids
+        out.frame_job = self.frame_job[rows]
+        out.frame_position = self.frame_position[rows]
+        out.legacy = self.legacy[rows]
+        out.frame_ids = self.frame_ids.take(rows)
+        out.sensor_ids = self.sensor_ids.take(rows)
+        out.pointcloud_urls = self.pointcloud_urls.take(rows)
+        out.mask_urls = self.mask_urls.take(rows)
+        out.ego_poses = self.ego_poses[rows]
+        cam_rows = _ranges(self.camera_offsets, rows)
+        out.camera_poses = self.camera_poses[cam_rows]
+        out.camera_offsets = _offsets_of(self.camera_offsets, rows)
+        lut_rows = _ranges(self.lut_offsets, rows)
+        out.lut_offsets = _offsets_of(self.lut_offsets, rows)
+        for name in ("lut_keys", "lut_classes", "lut_instances", "lut_names", "lut_class_ids"):
+            setattr(out, name, getattr(self, name)[lut_rows])
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the index's arrays (what a worker process inherits)."""
+        total = 0
+        for value in vars(self).values():
+            if isinstance(value, (np.ndarray, StringTable)):
+                total += value.nbytes
+        return total
+
+
+def _ranges(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Concatenated ``range(offsets[r], offsets[r + 1])`` for every row, vectorised."""
+    starts, stops = offsets[rows], offsets[rows + 1]
+    lengths = stops - starts
+    if lengths.sum() == 0:
+        return np.zeros(0, dtype=np.int64)
+    shifts = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return np.arange(int(lengths.sum()), dtype=np.int64) + shifts
+
+
+def _offsets_of(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    lengths = offsets[rows + 1] - offsets[rows]
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)

@@ -1,0 +1,164 @@
+"""``ClassMap``: class names to contiguous training indices, and per-frame label-key lookup tables.
+
+Playment masks store *label keys*, which may be per instance ("MINIVAN # 1" is key 1, "MINIVAN # 2" key 2) and
+where 0 may be a real class. A key means something only through the annotation that names it, so every frame
+gets its own lookup table: label key -> annotation -> class index (and track -> instance id). Keys no
+annotation names, and classes the class map leaves out, become ``ignore_index``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from playment_torch.errors import ConfigError
+from playment_torch.models import LabelEntry
+
+__all__ = ["ClassMap", "LabelLookup"]
+
+
+class ClassMap:
+    """Class names (label text, or Playment class id) to contiguous indices.
+
+    Args:
+        classes: ``None`` for the sorted union of ``available`` names; a sequence of names, indexed in that
+            order; or a mapping name -> index, where several names may share an index
+            (``{"Car": 0, "Van": 0}``) and a name mapped to ``ignore_index`` is explicitly ignored. Mapping
+            indices must cover 0..C-1.
+        available: The label names found in the data (used when ``classes`` is ``None``).
+        ignore_index: The index of unlabeled points and of classes left out.
+
+    Raises:
+        ConfigError: duplicate names, or mapping indices that are not contiguous from 0.
+    """
+
+    def __init__(
+        self,
+        classes: Sequence[str] | Mapping[str, int] | None = None,
+        *,
+        available: Iterable[str] = (),
+        ignore_index: int = -100,
+    ) -> None:
+        self.ignore_index = int(ignore_index)
+        index: dict[str, int] = {}
+        if classes is None:
+            names = sorted(set(available))
+            index = {name: i for i, name in enumerate(names)}
+        elif isinstance(classes, Mapping):
+            for name, value in classes.items():
+                if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                    raise ConfigError(f"class {name!r} maps to {value!r}; indices must be integers")
+                index[str(name)] = int(value)
+            used = sorted({v for v in index.values() if v != self.ignore_index})
+            if used != list(range(len(used))):
+                raise ConfigError(f"class indices must be contiguous from 0, got {used}")
+        else:
+            if isinstance(classes, str):
+                raise ConfigError("classes must be a sequence of names, not a single string")
+            for i, name in enumerate(classes):
+                if name in index:
+                    raise ConfigError(f"class {name!r} is listed twice")
+                index[str(name)] = i
+        self._index = index
+        count = 1 + max((v for v in index.values() if v != self.ignore_index), default=-1)
+        # The display name of an index is the first name given for it.
+        names_by_index: list[str] = [""] * count
+        for name, value in index.items():
+            if value != self.ignore_index and not names_by_index[value]:
+                names_by_index[value] = name
+        self.names: tuple[str, ...] = tuple(names_by_index)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"ClassMap({list(self.names)!r}, ignore_index={self.ignore_index})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ClassMap):
+            return False
+        return (self._index, self.ignore_index) == (other._index, other.ignore_index)
+
+    def __hash__(self) -> int:
+        return hash((tuple(sorted(self._index.items())), self.ignore_index))
+
+    @property
+    def mapping(self) -> dict[str, int]:
+        """Every name this map knows, with its index."""
+        return dict(self._index)
+
+    def index_of(self, entry: LabelEntry) -> int:
+        """The training index of an annotation: by its label, then by its class id; else ``ignore_index``."""
+        for name in (entry.label, entry.class_id):
+            if name and name in self._index:
+                return self._index[name]
+        return self.ignore_index
+
+    def lookup(self, entries: Sequence[LabelEntry], track_ids: Mapping[str, int]) -> LabelLookup:
+        """Build the lookup table of one frame.
+
+        Args:
+            entries: The frame's label entries (one per key).
+            track_ids: The job's track id -> instance id table.
+
+        Returns:
+            A :class:`LabelLookup` with sorted keys.
+        """
+        ordered = sorted(entries, key=lambda e: e.label_key)
+        return LabelLookup(
+            keys=np.array([e.label_key for e in ordered], dtype=np.int64),
+            classes=np.array([self.index_of(e) for e in ordered], dtype=np.int64),
+            instances=np.array(
+                [track_ids.get(e.track_id, -1) if e.track_id else -1 for e in ordered], dtype=np.int64
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class LabelLookup:
+    """A frame's label keys (sorted) and the class index and instance id each stands for."""
+
+    keys: np.ndarray
+    classes: np.ndarray
+    instances: np.ndarray
+
+    def apply(self, mask: np.ndarray, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Map label keys to class indices and instance ids, vectorised (no Python loop over points).
+
+        Args:
+            mask: int64 label keys, one per point.
+            ignore_index: The class index of keys no annotation names.
+
+        Returns:
+            ``(labels, instances)``: int64 arrays like ``mask``; unknown keys get ``ignore_index`` and -1.
+        """
+        return apply_lookup(self.keys, self.classes, self.instances, mask, ignore_index)
+
+
+def apply_lookup(
+    keys: np.ndarray, classes: np.ndarray, instances: np.ndarray, mask: np.ndarray, ignore_index: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """See :meth:`LabelLookup.apply`; works on the flat arrays the dataset index stores."""
+    mask = np.asarray(mask, dtype=np.int64)
+    if keys.size == 0:
+        return np.full(mask.shape, ignore_index, dtype=np.int64), np.full(mask.shape, -1, dtype=np.int64)
+    lo, hi = int(keys[0]), int(keys[-1])
+    if hi - lo < 65536:
+        # Keys are small integers in practice: a dense table is one gather, several times faster than a
+        # search.
+        dense_classes = np.full(hi - lo + 2, ignore_index, dtype=np.int64)
+        dense_instances = np.full(hi - lo + 2, -1, dtype=np.int64)
+        dense_classes[keys - lo] = classes
+        dense_instances[keys - lo] = instances
+        # Out-of-range keys point at the extra last slot, which no annotation fills (compared before
+        # subtracting, so extreme int64 keys cannot wrap around into range).
+        slot = np.where((mask >= lo) & (mask <= hi), mask - lo, hi - lo + 1)
+        return dense_classes[slot], dense_instances[slot]
+    position = np.searchsorted(keys, mask).clip(0, keys.size - 1)
+    found = keys[position] == mask
+    return (
+        np.where(found, classes[position], ignore_index),
+        np.where(found, instances[position], -1),
+    )
