@@ -13,8 +13,8 @@ Each value is stored as ``bytes`` in a small frame of our own::
     6       2     ndim
     8       4     header length (a multiple of 64, so the payload is aligned for any dtype)
     12      8     payload length in bytes (before padding)
-    20      8     payload sum: sum of the payload's 64-bit little-endian words, mod 2**64
-    28      8     payload block sum: sum over 4 KiB blocks j of (j + 1) * (sum of block j), mod 2**64
+    20      8     payload sum: sum of the payload's 64-bit little-endian words w[i], mod 2**64
+    28      8     payload weighted sum: sum of (i mod 509 + 1) * w[i], mod 2**64
     36      4     CRC-32 of the header (bytes 0..36 and 40..header length)
     40      8*n   shape
     ...           dtype descr (``numpy.lib.format.dtype_to_descr``, as a Python literal), zero padding
@@ -22,12 +22,12 @@ Each value is stored as ``bytes`` in a small frame of our own::
 
 Why not CRC-32 over the payload: on the 2.2 MB array a training step reads, ``zlib.crc32`` takes ~320 us here,
 more than three times ``np.load`` of the same array (~90 us), which would make the warm path slower than not
-caching decoded arrays. The two 64-bit sums are one vectorised pass (~40 us) and catch what damages cache
-files in practice: truncation (the length is checked first), zero-filled or garbage regions (any change
-confined to one 64-bit word, and random overwrites with probability 1 - 2**-64), and pages stored out of
-order (the block-weighted sum). The header, which is small, has a real CRC. Not caught: changes that cancel
-exactly in both sums (say two words swapped inside one 4 KiB block); this is an integrity check against
-accidents, not tampering.
+caching decoded arrays. The two 64-bit sums take one vectorised pass (~30 us: column sums of the payload
+viewed as rows of 509 words) and catch what damages cache files in practice: truncation (the length is
+checked first), a changed 64-bit word (always), zero-filled or garbage regions (all but ~2**-64 of them), and
+words or 4 KiB pages moved to other places (the weights; 509 is a prime, so page-sized moves change every
+weight). The header, which is small, has a real CRC. Changes built to cancel in both sums are not caught: this
+protects against accidents, not tampering.
 """
 
 from __future__ import annotations
@@ -79,8 +79,11 @@ _KIND_NAMES = {_KIND_ARRAY: "array", _KIND_JSON: "JSON"}
 _PREFIX = struct.Struct("<4sBBHIQQQI")
 _CRC_OFFSET = 36
 _HEADER_ALIGN = 64
-_BLOCK_WORDS = 512  # 4 KiB blocks: the page size, the granularity at which storage misplaces data
-_MASK64 = (1 << 64) - 1
+# Row width of the checksum's column sums: a prime near a 4 KiB page, so a word or page that moves by any
+# amount short of a multiple of ~4 KiB lands under a different weight. Column sums are the fastest numpy
+# reduction here (contiguous rows added as vectors), faster even than a plain sum.
+_SUM_WIDTH = 509
+_SUM_WEIGHTS = np.arange(1, _SUM_WIDTH + 1, dtype=np.uint64)
 # Small enough for a dimension count no real array reaches, large enough to refuse a damaged header cheaply.
 _MAX_NDIM = 64
 
@@ -96,14 +99,12 @@ class _CorruptEntry(Exception):
 
 def _payload_sums(words: np.ndarray) -> tuple[int, int]:
     """Return the two 64-bit payload sums of ``words`` (a little-endian uint64 view of the padded payload)."""
-    full = words.size // _BLOCK_WORDS
-    blocks = words[: full * _BLOCK_WORDS].reshape(full, _BLOCK_WORDS).sum(axis=1, dtype=np.uint64)
-    tail = int(words[full * _BLOCK_WORDS :].sum(dtype=np.uint64))
-    weights = np.arange(1, full + 1, dtype=np.uint64)
+    rows = words.size // _SUM_WIDTH
+    columns = words[: rows * _SUM_WIDTH].reshape(rows, _SUM_WIDTH).sum(axis=0, dtype=np.uint64)
+    tail = words[rows * _SUM_WIDTH :]
     # uint64 arithmetic wraps modulo 2**64, which is exactly the sum we want.
-    plain = int(blocks.sum(dtype=np.uint64)) + tail
-    weighted = int((blocks * weights).sum(dtype=np.uint64)) + (full + 1) * tail
-    return plain & _MASK64, weighted & _MASK64
+    columns[: tail.size] += tail
+    return int(columns.sum(dtype=np.uint64)), int((columns * _SUM_WEIGHTS).sum(dtype=np.uint64))
 
 
 def _header_crc(header: memoryview) -> int:
@@ -128,7 +129,7 @@ def _frame(kind: int, payload: bytes, shape: tuple[int, ...] = (), descr: bytes 
 def _encode_array(array: np.ndarray) -> bytes:
     if array.dtype.hasobject:
         raise CacheError(f"cannot cache an array of dtype {array.dtype}: it holds Python objects")
-    descr = repr(npformat.dtype_to_descr(array.dtype)).encode("ascii")
+    descr = repr(npformat.dtype_to_descr(array.dtype)).encode("utf-8")  # field names may be any str
     # tobytes() is C order whatever the input layout; the shape is what restores it.
     return _frame(_KIND_ARRAY, array.tobytes(), tuple(array.shape), descr)
 
@@ -136,7 +137,7 @@ def _encode_array(array: np.ndarray) -> bytes:
 @functools.lru_cache(maxsize=256)
 def _dtype_from_descr(text: bytes) -> np.dtype[Any]:
     # literal_eval costs tens of microseconds for a structured descr; a cache holds a handful of dtypes.
-    return npformat.descr_to_dtype(ast.literal_eval(text.decode("ascii")))
+    return npformat.descr_to_dtype(ast.literal_eval(text.decode("utf-8")))
 
 
 def _unframe(buffer: np.ndarray) -> tuple[int, np.ndarray | bytes]:
@@ -309,6 +310,20 @@ def _is_damaged_database(exc: sqlite3.DatabaseError) -> bool:
     return "malformed" in text or "not a database" in text or "no such table" in text
 
 
+def _emptied_database(directory: Path) -> bool:
+    """Whether cache.db was truncated to nothing while value files remain.
+
+    SQLite takes an empty file for a new database, so without this check the index would silently restart
+    empty and every value file would be orphaned. A cache being created has no value directories yet.
+    """
+    try:
+        if (directory / _DB_NAME).stat().st_size:
+            return False
+        return any(len(child.name) == 2 and child.is_dir() for child in directory.iterdir())
+    except OSError:
+        return False
+
+
 def _inode(path: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -441,83 +456,98 @@ class ArrayCache:
             # transaction, which also keeps concurrent readers from queueing on SQLite's write lock.
             settings = {"eviction_policy": "none", "size_limit": _UNBOUNDED}
         else:
-            # cull_limit=1: a write that finds the cache over its limit evicts the one least recently used
-            # entry (diskcache's default of 10 would empty a small cache in one go).
+            # cull_limit=2: a write that finds the cache over its limit evicts the two least recently used
+            # entries. One would leave a cache that is over its limit (entries of varying size, a limit
+            # lowered on reopening) over it for good; diskcache's default of 10 empties a small cache at once.
             settings = {
                 "eviction_policy": "least-recently-used",
                 "size_limit": self.size_limit,
-                "cull_limit": 1,
+                "cull_limit": 2,
             }
         db_path = self.directory / _DB_NAME
-        for attempt in range(2):
-            try:
-                self.directory.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise CacheError(f"cannot create the cache directory {self.directory}: {exc}") from exc
-            seen = _inode(db_path)
-            try:
-                cache = diskcache.Cache(str(self.directory), timeout=60, **settings)
-                if self.size_limit is not None and cache.volume() > self.size_limit:
-                    cache.cull(retry=True)  # reopened with a smaller limit than the cache already uses
-            except sqlite3.DatabaseError as exc:
-                if attempt or not _is_damaged_database(exc):
-                    raise CacheError(f"cannot open the cache database in {self.directory}: {exc}") from exc
-                self._rebuild(seen, exc)
-                continue
-            except (OSError, diskcache.Timeout) as exc:
-                raise CacheError(f"cannot open the cache in {self.directory}: {exc}") from exc
-            return _Handle(cache, os.getpid(), _inode(db_path))
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cannot create the cache directory {self.directory}: {exc}") from exc
+        # Opening (which may create the database) and moving a damaged one aside exclude each other across
+        # processes, so nobody moves aside a database another process is creating at that moment.
+        with _file_lock(self._rebuild_lock_path):
+            if _emptied_database(self.directory):
+                self._move_aside("it is empty while value files remain")
+            for attempt in range(2):
+                try:
+                    cache = diskcache.Cache(str(self.directory), timeout=60, **settings)
+                except sqlite3.DatabaseError as exc:
+                    if attempt or not _is_damaged_database(exc):
+                        raise CacheError(f"cannot open the cache database in {self.directory}: {exc}") from exc
+                    self._move_aside(exc)
+                    continue
+                except (OSError, diskcache.Timeout) as exc:
+                    raise CacheError(f"cannot open the cache in {self.directory}: {exc}") from exc
+                break
+        handle = _Handle(cache, os.getpid(), _inode(db_path))
+        if self.size_limit is not None:
+            # Reopened with a smaller limit than the cache already uses: evict down to it now. diskcache culls
+            # ten least recently used entries at a time, a fine enough step for limits of many entries.
+            with contextlib.suppress(sqlite3.DatabaseError, diskcache.Timeout, OSError):
+                if cache.volume() > self.size_limit:
+                    cache.cull(retry=True)
+        return handle
 
-    def _rebuild(self, seen: tuple[int, int] | None, exc: BaseException) -> None:
-        """Move a damaged cache aside, unless another process did so since ``seen`` was the database.
+    @property
+    def _rebuild_lock_path(self) -> Path:
+        return self.directory / _LOCKS_DIR / "rebuild.lock"
 
-        Called with ``self._lock`` held. The ``flock`` serialises processes; the inode comparison makes the
-        second process to notice the damage reuse the first one's fresh cache instead of moving it aside too.
+    def _move_aside(self, reason: object) -> None:
+        """Move the damaged cache's contents to ``<directory>.corrupt-<timestamp>`` and warn once.
+
+        Called with the rebuild lock held. Falls back to deleting what cannot be moved.
         """
-        with _file_lock(self.directory / _LOCKS_DIR / "rebuild.lock"):
-            db_path = self.directory / _DB_NAME
-            if seen is None or _inode(db_path) != seen:
-                return
-            stamp = time.strftime("%Y%m%dT%H%M%S")
-            aside = self.directory.with_name(f"{self.directory.name}.corrupt-{stamp}")
-            suffix = 1
-            while aside.exists():
-                aside = self.directory.with_name(f"{self.directory.name}.corrupt-{stamp}-{suffix}")
-                suffix += 1
-            moved = True
+        db_path = self.directory / _DB_NAME
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = self.directory.with_name(f"{self.directory.name}.corrupt-{stamp}")
+        suffix = 1
+        while aside.exists():
+            aside = self.directory.with_name(f"{self.directory.name}.corrupt-{stamp}-{suffix}")
+            suffix += 1
+        moved = True
+        try:
+            aside.mkdir(parents=True)
+        except OSError:
+            moved = False
+        for child in list(self.directory.iterdir()):
+            if child.name == _LOCKS_DIR:
+                continue  # lock files carry no data, and other processes may be holding them right now
             try:
-                aside.mkdir(parents=True)
+                if not moved:
+                    raise OSError("no place to move to")
+                os.replace(child, aside / child.name)
             except OSError:
                 moved = False
-            for child in list(self.directory.iterdir()):
-                if child.name == _LOCKS_DIR:
-                    continue  # lock files carry no data, and other processes may be holding them right now
-                try:
-                    if not moved:
-                        raise OSError("no place to move to")
-                    os.replace(child, aside / child.name)
-                except OSError:
-                    moved = False
-                    if child.is_dir() and not child.is_symlink():
-                        shutil.rmtree(child, ignore_errors=True)
-                    else:
-                        with contextlib.suppress(OSError):
-                            child.unlink()
-            where = f"moved its contents to {aside}" if moved else "deleted its contents"
-            warnings.warn(
-                f"playment_torch cache database {db_path} is damaged ({exc}); "
-                f"{where} and started an empty cache",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        child.unlink()
+        where = f"moved its contents to {aside}" if moved else "deleted its contents"
+        warnings.warn(
+            f"playment_torch cache database {db_path} is damaged ({reason}); {where} and started an empty cache",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
-    def _call(self, what: str, operation: Callable[[diskcache.Cache], _T]) -> _T:
+    def _call(
+        self, what: str, operation: Callable[[diskcache.Cache], _T], *, check_stale: bool = True
+    ) -> _T:
         """Run one diskcache operation, rebuilding a damaged database once and wrapping every failure.
 
         Args:
             what: Names the operation in error messages.
             operation: Receives the open ``diskcache.Cache``.
+            check_stale: First make sure the open database is still the one at ``directory/cache.db``
+                (another process may have moved a damaged cache aside, or someone deleted the directory);
+                reopen if not. A ``stat``: cheap, but skipped on the hit path, where a stale handle costs
+                nothing worse than a miss (and misses check).
 
         Returns:
             Whatever ``operation`` returns.
@@ -527,6 +557,13 @@ class ArrayCache:
         """
         for attempt in range(2):
             handle = self._current()
+            if check_stale and _inode(self.directory / _DB_NAME) != handle.db:
+                with self._lock:
+                    if self._handle is handle:
+                        with contextlib.suppress(Exception):
+                            handle.cache.close()
+                        self._handle = None
+                handle = self._current()
             try:
                 return operation(handle.cache)
             except sqlite3.DatabaseError as exc:
@@ -534,7 +571,11 @@ class ArrayCache:
                     raise CacheError(f"cache {self.directory}: {what} failed: {exc}") from exc
                 with self._lock:
                     if self._handle is handle:  # not already rebuilt by another thread
-                        self._rebuild(handle.db, exc)
+                        with _file_lock(self._rebuild_lock_path):
+                            # Another process that saw the damage first has already put a new database
+                            # in place: use it rather than moving it aside too.
+                            if _inode(self.directory / _DB_NAME) == handle.db:
+                                self._move_aside(exc)
                         with contextlib.suppress(Exception):
                             handle.cache.close()
                         self._handle = None
@@ -564,7 +605,7 @@ class ArrayCache:
                 raise _CorruptEntry(f"value file unreadable: {exc}") from exc
 
         for _ in range(2):
-            value = self._call("get", fetch)
+            value = self._call("get", fetch, check_stale=False)
             if value is not _MISSING:
                 return cast(np.ndarray, value)
             # diskcache answers "missing" both for absent keys and for rows whose file vanished. Look again:

@@ -159,7 +159,7 @@ def run_demo(
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
-                total += float(loss) * len(batch)
+                total += loss.item() * len(batch)
                 count += len(batch)
             losses.append(total / max(count, 1))
             echo(f"epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")

@@ -49,6 +49,9 @@ _MIN_DEPTH = 1e-6
 # keeps our output identical to OpenCV's at the image centre.
 _FISHEYE_MIN_RADIUS = 1e-8
 
+# A quaternion whose norm is this close to 1 is already normalised (a few ulps: what one division leaves).
+_UNIT_TOLERANCE = 8 * float(np.finfo(np.float64).eps)
+
 # How far a "rotation" block may be from orthonormal before a matrix is refused as a rigid transform.
 _RIGID_TOLERANCE = 1e-6
 
@@ -69,7 +72,10 @@ def _normalised_quaternion(w: float, x: float, y: float, z: float) -> tuple[floa
         raise PlaymentFormatError(
             f"zero quaternion cannot describe a rotation: got (w, x, y, z) = ({w}, {x}, {y}, {z})"
         )
-    q /= norm
+    # Leave quaternions that are unit to rounding untouched: dividing by a norm of 1 +- 1 ulp would change
+    # their last bits, and poses rebuilt from stored (already normalised) values must compare equal.
+    if abs(norm - 1.0) > _UNIT_TOLERANCE:
+        q /= norm
     return float(q[0]), float(q[1]), float(q[2]), float(q[3])
 
 
@@ -388,8 +394,7 @@ class Pose:
         )
         tx, ty, tz = (
             float(v)
-            for v in quaternion_to_matrix(*self.rotation) @ np.asarray(other.translation)
-            + np.asarray(self.translation)
+            for v in quaternion_to_matrix(*self.rotation) @ np.asarray(other.translation) + np.asarray(self.translation)
         )
         return Pose(rotation=rotation, translation=(tx, ty, tz))
 
@@ -472,8 +477,7 @@ class Camera:
         radial = _float_tuple(self.radial, f"{where}: radial distortion")
         if len(radial) > n_radial:
             raise PlaymentFormatError(
-                f"{where}: the {self.model} model takes at most {n_radial} radial coefficients, "
-                f"got {len(radial)}"
+                f"{where}: the {self.model} model takes at most {n_radial} radial coefficients, got {len(radial)}"
             )
         tangential = _float_tuple(self.tangential, f"{where}: tangential distortion")
         if len(tangential) != 2:
@@ -499,9 +503,7 @@ class Camera:
         Returns:
             ``[[fx, skew, cx], [0, fy, cy], [0, 0, 1]]`` as float64.
         """
-        return np.array(
-            [[self.fx, self.skew, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]], dtype=np.float64
-        )
+        return np.array([[self.fx, self.skew, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]], dtype=np.float64)
 
     def distortion(self) -> FloatArray:
         """Return the distortion coefficients in the order OpenCV expects for this model.

@@ -503,6 +503,14 @@ def _match_sensor(entry: _Node, reference: str, metas: Sequence[_SensorMeta]) ->
     return None
 
 
+def _label_key(node: _Node) -> int:
+    """A mask label key: an integer that fits the int64 arrays masks are decoded into."""
+    key = node.integer()
+    if not -(2**63) <= key < 2**63:
+        raise node.fail(f"label key {key} does not fit in a signed 64-bit integer")
+    return key
+
+
 def _label_entries(node: _Node) -> list[LabelEntry]:
     entries = []
     for item in node.items():
@@ -522,7 +530,7 @@ def _label_entries(node: _Node) -> list[LabelEntry]:
             raise item.fail("annotation has neither 'label', 'text' nor 'class_id'")
         entries.append(
             LabelEntry(
-                label_key=key_node.integer(),
+                label_key=_label_key(key_node),
                 label=label,
                 class_id=item.get("class_id").string(),
                 track_id=item.get("track_id").string(),
@@ -656,7 +664,7 @@ def _parse_legacy(root: _Node, *, project_id: str, job_id: str) -> JobResult:
             raise item.fail("legend entry has neither 'text' nor 'id'")
         entries.append(
             LabelEntry(
-                label_key=item.require("label_key").integer(), label=label, class_id=item.get("id").string()
+                label_key=_label_key(item.require("label_key")), label=label, class_id=item.get("id").string()
             )
         )
     url = root.get("url").string()

@@ -267,12 +267,12 @@ class Jitter(_Seeded):
 
     def __call__(self, sample: Sample) -> Sample:
         points = sample.points.clone()
-        # Drawn on the CPU so a seed gives the same noise whatever device the points live on.
-        noise = torch.randn((points.shape[0], 3), generator=self._rng(), dtype=torch.float64) * self.sigma
+        # Drawn on the CPU so a seed gives the same noise whatever device the points live on; float32 draws
+        # are several times cheaper than float64 and centimetre noise needs no more precision.
+        noise = torch.randn((points.shape[0], 3), generator=self._rng(), dtype=torch.float32).mul_(self.sigma)
         if self.clip is not None:
             noise = noise.clamp_(-self.clip, self.clip)
-        xyz = points[:, :3].to(torch.float64) + noise.to(points.device)
-        points[:, :3] = xyz.to(points.dtype)
+        points[:, :3] += noise.to(device=points.device, dtype=points.dtype)
         return sample._replace(points=points)
 
     def __repr__(self) -> str:
@@ -294,9 +294,7 @@ class RangeCrop:
         center: ``"ego"`` or ``"origin"``.
     """
 
-    def __init__(
-        self, max_range: float, min_range: float = 0.0, *, center: Literal["ego", "origin"] = "ego"
-    ) -> None:
+    def __init__(self, max_range: float, min_range: float = 0.0, *, center: Literal["ego", "origin"] = "ego") -> None:
         if not (0 <= min_range < max_range):
             raise ConfigError(f"RangeCrop: need 0 <= min_range < max_range, got {min_range}, {max_range}")
         if center not in ("ego", "origin"):
@@ -367,9 +365,7 @@ class VoxelDownsample:
         if not (math.isfinite(voxel_size) and voxel_size > 0):
             raise ConfigError(f"VoxelDownsample: voxel_size must be > 0, got {voxel_size}")
         if label_mode not in ("first", "majority"):
-            raise ConfigError(
-                f"VoxelDownsample: label_mode must be 'first' or 'majority', got {label_mode!r}"
-            )
+            raise ConfigError(f"VoxelDownsample: label_mode must be 'first' or 'majority', got {label_mode!r}")
         self.voxel_size, self.label_mode, self.ignore_index = float(voxel_size), label_mode, int(ignore_index)
 
     def __call__(self, sample: Sample) -> Sample:

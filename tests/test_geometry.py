@@ -72,14 +72,10 @@ def test_non_unit_quaternion_is_normalised():
     np.testing.assert_allclose(pose.rotation, (S2, 0.0, 0.0, S2), rtol=0, atol=1e-15)
     assert pose.translation == (1.0, 2.0, 3.0)
     # Negative w is canonicalised to w >= 0 (same rotation); when w == 0 the first non-zero is positive.
-    np.testing.assert_allclose(
-        Pose.from_quaternion(-3.0, 0.0, 0.0, -3.0).rotation, (S2, 0, 0, S2), atol=1e-15
-    )
+    np.testing.assert_allclose(Pose.from_quaternion(-3.0, 0.0, 0.0, -3.0).rotation, (S2, 0, 0, S2), atol=1e-15)
     assert Pose.from_quaternion(0.0, 0.0, -2.0, 0.0).rotation == (0.0, 0.0, 1.0, 0.0)
     assert Pose.from_quaternion(0.0, 0.0, 0.0, -1.0) == Pose.from_quaternion(0.0, 0.0, 0.0, 1.0)
-    np.testing.assert_allclose(
-        quaternion_to_matrix(5, 1, -2, 3), quaternion_to_matrix(*(np.array([5, 1, -2, 3]) / 4))
-    )
+    np.testing.assert_allclose(quaternion_to_matrix(5, 1, -2, 3), quaternion_to_matrix(*(np.array([5, 1, -2, 3]) / 4)))
 
 
 @settings(max_examples=200, deadline=None)
@@ -98,6 +94,16 @@ def test_quaternion_matrix_round_trip(q):
     else:
         np.testing.assert_allclose(back, expected, atol=1e-9)
     np.testing.assert_allclose(quaternion_to_matrix(*back), r, atol=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(quaternions, positions)
+def test_pose_rebuilt_from_its_stored_values_is_equal(q, t):
+    # Indexes store a pose's (already normalised) quaternion and rebuild the pose from it: bit-exact equality.
+    pose = Pose.from_quaternion(*q, position=t)
+    assert Pose(pose.rotation, pose.translation) == pose
+    assert Pose.from_quaternion(*pose.rotation, position=pose.translation) == pose
+    assert abs(np.linalg.norm(pose.rotation) - 1.0) < 1e-15
 
 
 @pytest.mark.parametrize(
@@ -164,9 +170,7 @@ def test_ego_native_round_trip(pose, seed):
 def test_pose_semantics_hand_worked():
     # A sensor at (10, 0, 0) facing +y (yawed 90 degrees): its forward axis (1, 0, 0) points along +y.
     pose = Pose.from_quaternion(S2, 0, 0, S2, position=(10, 0, 0))
-    np.testing.assert_allclose(
-        pose.apply(np.array([[1.0, 0, 0], [0, 0, 0]])), [[10, 1, 0], [10, 0, 0]], atol=1e-15
-    )
+    np.testing.assert_allclose(pose.apply(np.array([[1.0, 0, 0], [0, 0, 0]])), [[10, 1, 0], [10, 0, 0]], atol=1e-15)
     np.testing.assert_allclose(pose.inverse().apply(np.array([[10.0, 1, 0]])), [[1, 0, 0]], atol=1e-15)
     assert Pose.identity().matrix().tolist() == np.eye(4).tolist()
 

@@ -48,7 +48,8 @@ def make_sample(n: int = 2000, seed: int = 0, cameras: int = 2) -> Sample:
     Columns: x, y, z, intensity, original index.
     """
     rng = np.random.default_rng(seed)
-    ego = Pose.from_quaternion(math.cos(0.3), 0.0, 0.0, math.sin(0.3), position=(30.0, -12.0, 1.0))
+    # Yawed about 34 degrees, slightly rolled and pitched (a car on a slope).
+    ego = Pose.from_quaternion(math.cos(0.3), 0.03, -0.04, math.sin(0.3), position=(30.0, -12.0, 1.0))
     xyz = ego.apply(np.c_[rng.uniform(-40, 40, (n, 2)), rng.uniform(-2, 3, n)])
     points = np.c_[xyz, rng.uniform(0, 1, n), np.arange(n)].astype(np.float32)
     mounts = [  # camera looking forward (ego +x) and one looking left (ego +y); OpenCV camera axes
@@ -145,7 +146,7 @@ def camera_pixels(sample: Sample) -> list[tuple[np.ndarray, np.ndarray]]:
         Compose([RandomRotationZ(seed=1), RandomFlip(1.0, 0.0), RandomScale(seed=2)]),
     ],
     ids=["rotation", "small_rotation", "flip_x", "flip_y", "flip_xy", "scale", "compose"],
-)  # fmt: skip
+)
 def test_geometric_transforms_keep_projection_and_ego_frame_consistent(transform):
     sample = make_sample(n=3000)
     out = transform(sample)
@@ -166,8 +167,8 @@ def test_flip_semantics_hand_worked():
     sample = Sample(
         torch.tensor([[1.0, 2.0, 3.0]]),
         torch.tensor([4]),
-        torch.eye(4, dtype=torch.float64)[None],
-        torch.zeros(0, 3, 3),
+        IDENTITY_EGO,
+        NO_INTRINSICS,
     )
     assert RandomFlip(1.0, 0.0)(sample).points.tolist() == [[-1.0, 2.0, 3.0]]
     assert RandomFlip(0.0, 1.0)(sample).points.tolist() == [[1.0, -2.0, 3.0]]
@@ -259,14 +260,15 @@ def test_range_crop_hand_worked():
     out = RangeCrop(10.0, 1.0)(sample)
     assert out.labels.tolist() == [1, 2, 5, 6]  # [1, 10): 0.5 too close, 10 excluded
     # Measured from the ego: ego at (3, 4) yawed 90 degrees; ego-frame ranges are from (3, 4).
-    poses = torch.from_numpy(Pose.from_quaternion(math.cos(math.pi / 4), 0, 0, math.sin(math.pi / 4),
-                                                  position=(3, 4, 50)).matrix())[None]  # fmt: skip
+    poses = torch.from_numpy(
+        Pose.from_quaternion(math.cos(math.pi / 4), 0, 0, math.sin(math.pi / 4), position=(3, 4, 50)).matrix()
+    )[None]
     out = RangeCrop(5.0, 1.0)(sample._replace(poses=poses))
     distances = np.hypot(np.array(xy)[:, 0] - 3, np.array(xy)[:, 1] - 4)
     assert out.labels.tolist() == [i for i, d in enumerate(distances) if 1 <= d < 5] == [0, 1]
     assert RangeCrop(5.0, 1.0, center="origin")(sample._replace(poses=poses)).labels.tolist() == [1, 2]
     # Without poses the origin is the centre.
-    assert RangeCrop(10.0, 1.0)(sample._replace(poses=torch.zeros(0, 4, 4))).labels.tolist() == [1, 2, 5, 6]
+    assert RangeCrop(10.0, 1.0)(sample._replace(poses=NO_POSES)).labels.tolist() == [1, 2, 5, 6]
 
 
 def test_range_crop_ego_frame_ignores_height_even_when_tilted():
@@ -309,13 +311,20 @@ def voxel_reference(points: torch.Tensor, labels: torch.Tensor, size: float, mod
 def test_voxel_majority_hand_worked():
     points = torch.tensor(
         [
-            [0.1, 0.1, 0.1], [0.2, 0.2, 0.2], [0.3, 0.3, 0.3], [0.4, 0.4, 0.4],  # A: 3, 5, 5, ignore -> 5
-            [1.5, 0.5, 0.5], [1.6, 0.5, 0.5],  # B: ignore, ignore -> ignore
-            [-0.5, 0.5, 0.5], [-0.6, 0.5, 0.5], [-0.7, 0.5, 0.5], [-0.8, 0.5, 0.5],  # C: 9, 2, 9, 2 -> 2
+            [0.1, 0.1, 0.1],
+            [0.2, 0.2, 0.2],
+            [0.3, 0.3, 0.3],
+            [0.4, 0.4, 0.4],  # A: 3, 5, 5, ignore -> 5
+            [1.5, 0.5, 0.5],
+            [1.6, 0.5, 0.5],  # B: ignore, ignore -> ignore
+            [-0.5, 0.5, 0.5],
+            [-0.6, 0.5, 0.5],
+            [-0.7, 0.5, 0.5],
+            [-0.8, 0.5, 0.5],  # C: 9, 2, 9, 2 -> 2
             [0.9, 0.9, 0.9],  # A again, late: ignore
             [5.0, 5.0, 5.0],  # D alone: 7
         ]
-    )  # fmt: skip
+    )
     labels = torch.tensor([3, 5, 5, IGNORE, IGNORE, IGNORE, 9, 2, 9, 2, IGNORE, 7])
     sample = Sample(points, labels, NO_POSES, NO_INTRINSICS)
     majority = VoxelDownsample(1.0, "majority", ignore_index=IGNORE)(sample)
@@ -416,9 +425,12 @@ class _Points(torch.utils.data.Dataset):
 def test_dataloader_workers_do_not_repeat_each_other():
     def run() -> torch.Tensor:
         loader = torch.utils.data.DataLoader(
-            _Points(), batch_size=None, num_workers=2, generator=torch.Generator().manual_seed(0),
+            _Points(),
+            batch_size=None,
+            num_workers=2,
+            generator=torch.Generator().manual_seed(0),
             multiprocessing_context="fork",
-        )  # fmt: skip
+        )
         return torch.stack(list(loader))
 
     first = run()

@@ -85,8 +85,7 @@ def _parse_json_keys(blob: bytes) -> np.ndarray:
     text = blob.strip(_JSON_SPACE)
     if not text.endswith(b"]") or len(text) < 2:
         raise PlaymentFormatError(
-            f"mask JSON is not a closed array: it ends with {text[-20:]!r} "
-            f"at byte {len(blob.rstrip(_JSON_SPACE))}"
+            f"mask JSON is not a closed array: it ends with {text[-20:]!r} at byte {len(blob.rstrip(_JSON_SPACE))}"
         )
     inner = text[1:-1]
     base = blob.index(b"[") + 1  # byte offset of inner within blob, for messages
@@ -110,9 +109,7 @@ def _parse_json_keys(blob: bytes) -> np.ndarray:
         ok = after < raw.size
         ok[ok] = _DIGIT[raw[after[ok]]]
         if not ok.all():
-            raise PlaymentFormatError(
-                f"mask JSON has a '-' without digits at byte {base + int(minus[~ok][0])}"
-            )
+            raise PlaymentFormatError(f"mask JSON has a '-' without digits at byte {base + int(minus[~ok][0])}")
     expected = int(np.count_nonzero(raw == ord(","))) + 1
     try:
         keys = np.fromstring(inner, dtype=np.int64, sep=",")  # C parser, no Python int per key
@@ -134,9 +131,7 @@ def _locate_json_error(inner: bytes, base: int) -> PlaymentFormatError:
     for index, element in enumerate(inner.split(b",")):
         if _TOKEN.fullmatch(element) is None:
             what = "an empty element" if not element.strip(_JSON_SPACE) else f"{element.strip()[:30]!r}"
-            return PlaymentFormatError(
-                f"mask JSON element {index} at byte {base + position} is {what}, not an integer"
-            )
+            return PlaymentFormatError(f"mask JSON element {index} at byte {base + position} is {what}, not an integer")
         position += len(element) + 1
     return PlaymentFormatError(f"mask JSON array starting at byte {base - 1} is malformed")
 
@@ -146,9 +141,7 @@ def _pcd_label_keys(blob: bytes | bytearray) -> np.ndarray:
         cloud = read_pcd(blob)
     except PlaymentFormatError as exc:
         first = blob.lstrip(_JSON_SPACE)[:1]
-        raise PlaymentFormatError(
-            f"mask starts with {first!r}: not a JSON array, and not a valid PCD ({exc})"
-        ) from exc
+        raise PlaymentFormatError(f"mask starts with {first!r}: not a JSON array, and not a valid PCD ({exc})") from exc
     header = cloud.header
     if "label_key" not in header.fields:
         raise PlaymentFormatError(

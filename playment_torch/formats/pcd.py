@@ -108,9 +108,7 @@ class PointCloud:
         return int(self.data.shape[0])
 
 
-def _packed_dtype(
-    names: Sequence[str], types: Sequence[str], sizes: Sequence[int], counts: Sequence[int]
-) -> np.dtype:
+def _packed_dtype(names: Sequence[str], types: Sequence[str], sizes: Sequence[int], counts: Sequence[int]) -> np.dtype:
     formats: list[str | tuple[str, tuple[int]]] = []
     offsets: list[int] = []
     offset = 0
@@ -138,9 +136,7 @@ class _FieldSpec:
 
 def _field_specs(dtype: np.dtype) -> list[_FieldSpec]:
     if dtype.names is None or not dtype.names:
-        raise PlaymentFormatError(
-            f"cannot encode PCD: data must be a structured array with fields, not {dtype}"
-        )
+        raise PlaymentFormatError(f"cannot encode PCD: data must be a structured array with fields, not {dtype}")
     specs = []
     for name in dtype.names:
         field_dtype = dtype.fields[name][0]  # type: ignore[index]
@@ -159,9 +155,7 @@ def _field_specs(dtype: np.dtype) -> list[_FieldSpec]:
                 f"cannot encode PCD field {name!r}: dtype {field_dtype} is not (u)int8-64 or float32/64"
             )
         if not name or any(ch.isspace() for ch in name) or name.startswith("#"):
-            raise PlaymentFormatError(
-                f"cannot encode PCD field name {name!r}: empty, has whitespace or starts with #"
-            )
+            raise PlaymentFormatError(f"cannot encode PCD field name {name!r}: empty, has whitespace or starts with #")
         specs.append(_FieldSpec(name, kind, base.itemsize, count, base.newbyteorder("<")))
     return specs
 
@@ -278,21 +272,15 @@ def encode_pcd(
             ``width * height`` does not match the number of points, or ``viewpoint`` is not 7 numbers.
     """
     if encoding not in ENCODINGS:
-        raise PlaymentFormatError(
-            f"unknown PCD encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}"
-        )
+        raise PlaymentFormatError(f"unknown PCD encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
     if not isinstance(data, np.ndarray):
-        raise PlaymentFormatError(
-            f"cannot encode PCD: expected a numpy structured array, got {type(data).__name__}"
-        )
+        raise PlaymentFormatError(f"cannot encode PCD: expected a numpy structured array, got {type(data).__name__}")
     if data.ndim == 2:
         default_height, default_width = data.shape
     elif data.ndim == 1:
         default_height, default_width = 1, data.shape[0]
     else:
-        raise PlaymentFormatError(
-            f"cannot encode PCD: data must be 1-D or 2-D (organized), not shape {data.shape}"
-        )
+        raise PlaymentFormatError(f"cannot encode PCD: data must be 1-D or 2-D (organized), not shape {data.shape}")
     specs = _field_specs(data.dtype)
     flat = data.reshape(-1)
     n = flat.shape[0]
@@ -395,6 +383,8 @@ def _load_source(
 def _header_int(token: str, keyword: str, lineno: int) -> int:
     if not _UINT_RE.fullmatch(token):
         raise _fail(f"{keyword} value {token!r} on line {lineno} is not a non-negative integer")
+    if len(token) > 18:  # also keeps int() away from Python's limit on long digit strings
+        raise _fail(f"{keyword} value {token[:24]}... on line {lineno} is implausibly large")
     return int(token)
 
 
@@ -408,9 +398,7 @@ def _parse_header(buf: bytes | bytearray) -> tuple[PCDHeader, tuple[bool, ...]]:
     while data_offset < 0:
         if pos >= total:
             missing = [k for k in ("FIELDS", "DATA") if k not in entries]
-            raise _fail(
-                f"header ends at byte {pos} (line {lineno}) without {' and '.join(missing) or 'DATA'}"
-            )
+            raise _fail(f"header ends at byte {pos} (line {lineno}) without {' and '.join(missing) or 'DATA'}")
         end = buf.find(b"\n", pos, pos + _MAX_HEADER_LINE)
         if end < 0:
             if total - pos >= _MAX_HEADER_LINE:
@@ -465,20 +453,14 @@ def _validate_header(entries: dict[str, tuple[list[str], int]], data_offset: int
         raise _fail("header has no TYPE line")
     sizes = tuple(_header_int(v, "SIZE", size_entry[1]) for v in size_entry[0])
     types = tuple(v.upper() for v in type_entry[0])
-    counts = (
-        tuple(_header_int(v, "COUNT", count_entry[1]) for v in count_entry[0])
-        if count_entry
-        else (1,) * nfields
-    )
+    counts = tuple(_header_int(v, "COUNT", count_entry[1]) for v in count_entry[0]) if count_entry else (1,) * nfields
     for name, type_, size, count in zip(raw_fields, types, sizes, counts, strict=True):
         if type_ not in ("I", "U", "F"):
             raise _fail(f"unknown TYPE {type_!r} for field {name!r} on line {type_entry[1]}")
         if (type_, size) not in _PCD_TO_NUMPY:
             raise _fail(f"SIZE {size} is not valid for TYPE {type_} (field {name!r}, line {size_entry[1]})")
         if count < 1:
-            raise _fail(
-                f"COUNT {count} of field {name!r} on line {count_entry[1] if count_entry else 0} is < 1"
-            )
+            raise _fail(f"COUNT {count} of field {name!r} on line {count_entry[1] if count_entry else 0} is < 1")
     point_size = sum(s * c for s, c in zip(sizes, counts, strict=True))
     if point_size > _MAX_POINT_SIZE:
         raise _fail(f"a point of {point_size} bytes (SIZE x COUNT on line {size_entry[1]}) is too large")
@@ -505,9 +487,7 @@ def _validate_header(entries: dict[str, tuple[list[str], int]], data_offset: int
 
     values, line = entries["DATA"]
     if len(values) != 1 or values[0].lower() not in ENCODINGS:
-        raise _fail(
-            f"unknown DATA {' '.join(values)!r} on line {line}; expected one of {', '.join(ENCODINGS)}"
-        )
+        raise _fail(f"unknown DATA {' '.join(values)!r} on line {line}; expected one of {', '.join(ENCODINGS)}")
     return PCDHeader(
         version=version,
         fields=fields,
@@ -636,9 +616,7 @@ def _decode_compressed(buf: bytes | bytearray, header: PCDHeader, padding: Seque
     if header.points == 0 and available < 8:
         return np.zeros(0, dtype=dtype)
     if available < 8:
-        raise _fail(
-            f"binary_compressed data truncated: no size words at byte {offset} ({available} bytes follow)"
-        )
+        raise _fail(f"binary_compressed data truncated: no size words at byte {offset} ({available} bytes follow)")
     compressed_size = int.from_bytes(buf[offset : offset + 4], "little")
     uncompressed_size = int.from_bytes(buf[offset + 4 : offset + 8], "little")
     if uncompressed_size != expected:
@@ -647,10 +625,7 @@ def _decode_compressed(buf: bytes | bytearray, header: PCDHeader, padding: Seque
             f"{stored_size} bytes = {expected}"
         )
     if compressed_size > available - 8:
-        raise _fail(
-            f"compressed size {compressed_size} at byte {offset} exceeds the {available - 8} bytes "
-            "that follow"
-        )
+        raise _fail(f"compressed size {compressed_size} at byte {offset} exceeds the {available - 8} bytes that follow")
     if expected == 0:
         return np.zeros(header.points, dtype=dtype)  # nothing stored: no points, or only padding
     if uncompressed_size > compressed_size * _LZF_MAX_RATIO + _LZF_SLACK:
@@ -665,9 +640,7 @@ def _decode_compressed(buf: bytes | bytearray, header: PCDHeader, padding: Seque
         raise _fail(f"corrupt LZF data at byte {offset + 8}: {exc}") from exc
     if raw is None or len(raw) != uncompressed_size:
         got = "more" if raw is None else str(len(raw))
-        raise _fail(
-            f"LZF data at byte {offset + 8} decompresses to {got} bytes, not the declared {uncompressed_size}"
-        )
+        raise _fail(f"LZF data at byte {offset + 8} decompresses to {got} bytes, not the declared {uncompressed_size}")
     n = header.points
     data = np.zeros(n, dtype=dtype) if len(stored) != len(header.fields) else np.empty(n, dtype=dtype)
     position = 0
@@ -681,6 +654,7 @@ def _decode_compressed(buf: bytes | bytearray, header: PCDHeader, padding: Seque
 
 
 _INT_TOKEN = re.compile(rb"[+-]?[0-9]+")
+_NON_SPACE = re.compile(rb"\S")
 _FLOAT_TOKEN = re.compile(
     rb"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf(?:inity)?|nan)", re.IGNORECASE
 )
@@ -688,72 +662,75 @@ _FLOAT_TOKEN = re.compile(
 
 def _decode_ascii(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
     dtype = header.dtype()
-    section = bytes(buf[header.data_offset :])
     n = header.points
-    if not section or section.isspace():
+    start = header.data_offset
+    if _NON_SPACE.search(buf, start) is None:
         if n == 0:
             return np.zeros(0, dtype=dtype)
-        raise _ascii_error(buf, header, section, None)
+        raise _ascii_error(buf, header, None)
     ncols = sum(header.counts)
     # Each value takes at least one byte plus one separator: refuse impossible claims before parsing.
-    if len(section) < n * 2 * ncols - 1:
-        raise _ascii_error(buf, header, section, None)
+    if len(buf) - start < n * 2 * ncols - 1:
+        raise _ascii_error(buf, header, None)
     # np.loadtxt is a C tokenizer: it parses integers as integers (full int64/uint64 precision), floats with
     # nan/inf, and rejects out-of-range or malformed values. A single-space delimiter is ~10% faster than
     # splitting on any whitespace, so try that first; fall back for tabs, runs of spaces or trailing spaces.
+    # BytesIO over bytes shares their buffer, so seeking past the header costs no copy.
     try:
-        data = np.loadtxt(io.BytesIO(section), dtype=dtype, comments=None, delimiter=" ", ndmin=1)
+        data = np.loadtxt(_data_stream(buf, start), dtype=dtype, comments=None, delimiter=" ", ndmin=1)
     except ValueError:
         try:
-            data = np.loadtxt(io.BytesIO(section), dtype=dtype, comments=None, ndmin=1)
+            data = np.loadtxt(_data_stream(buf, start), dtype=dtype, comments=None, ndmin=1)
         except ValueError as exc:
-            raise _ascii_error(buf, header, section, exc) from exc
+            raise _ascii_error(buf, header, exc) from exc
     if data.shape[0] != n:
-        raise _ascii_error(buf, header, section, None)
+        raise _ascii_error(buf, header, None)
     return data
 
 
-def _ascii_error(
-    buf: bytes | bytearray, header: PCDHeader, section: bytes, exc: Exception | None
-) -> PlaymentFormatError:
+def _data_stream(buf: bytes | bytearray, start: int) -> io.BytesIO:
+    stream = io.BytesIO(buf)
+    stream.seek(start)
+    return stream
+
+
+def _ascii_error(buf: bytes | bytearray, header: PCDHeader, exc: Exception | None) -> PlaymentFormatError:
     """Find the first bad line of an ASCII data section (error path only) and describe it."""
-    columns: list[tuple[str, str, int]] = []
-    for name, type_, size, count in zip(
-        header.fields, header.types, header.sizes, header.counts, strict=True
-    ):
-        columns.extend([(name, type_, size)] * count)
-    ncols = len(columns)
+    section = bytes(buf[header.data_offset :])
+    fields = list(zip(header.fields, header.types, header.sizes, header.counts, strict=True))
+    ncols = sum(header.counts)
     first_line = buf.count(b"\n", 0, header.data_offset) + 1
     seen = 0
-    lineno = first_line - 1
+    last = first_line - 1  # the last line holding data
     for lineno, line in enumerate(section.split(b"\n"), start=first_line):
         tokens = line.split()
         if not tokens:
             continue
+        last = lineno
         if seen == header.points:
             return _fail(
-                f"line {lineno}: more data than POINTS {header.points} "
-                f"(ASCII data starts on line {first_line})"
+                f"line {lineno}: more data than POINTS {header.points} (ASCII data starts on line {first_line})"
             )
         if len(tokens) != ncols:
             return _fail(f"line {lineno} has {len(tokens)} values, expected {ncols} (one per field value)")
-        for token, (name, type_, size) in zip(tokens, columns, strict=True):
-            if not _ascii_token_fits(token, type_, size):
-                shown = token[:40].decode("latin-1")
-                return _fail(
-                    f"line {lineno}: {shown!r} is not a valid {type_}{size} value for field {name!r}"
-                )
+        position = 0
+        for name, type_, size, count in fields:
+            for token in tokens[position : position + count]:
+                if not _ascii_token_fits(token, type_, size):
+                    shown = token[:40].decode("latin-1")
+                    return _fail(f"line {lineno}: {shown!r} is not a valid {type_}{size} value for field {name!r}")
+            position += count
         seen += 1
     if seen < header.points:
-        return _fail(f"ASCII data ends on line {lineno} after {seen} of POINTS {header.points} points")
+        return _fail(f"ASCII data ends on line {last} after {seen} of POINTS {header.points} points")
     return _fail(f"ASCII data starting on line {first_line} does not parse: {exc}")
 
 
 def _ascii_token_fits(token: bytes, type_: str, size: int) -> bool:
     if type_ == "F":
         return _FLOAT_TOKEN.fullmatch(token) is not None
-    if _INT_TOKEN.fullmatch(token) is None:
-        return False
+    if _INT_TOKEN.fullmatch(token) is None or len(token.lstrip(b"+-").lstrip(b"0")) > 20:
+        return False  # (the length check also keeps int() away from Python's limit on digit strings)
     value = int(token)
     bits = 8 * size
     if type_ == "U":

@@ -1,0 +1,27 @@
+"""Shared fixtures: a fake Playment server with a small synthetic project, and fast clients for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from playment_torch.client import PlaymentClient, RetryPolicy
+from playment_torch.testing.server import FakePlaymentServer
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+#: Retries that keep fault tests fast.
+FAST_RETRY = RetryPolicy(max_retries=3, backoff=0.01, backoff_max=0.05, retry_after_max=2.0)
+
+
+def fast_client(server: FakePlaymentServer, **options: object) -> PlaymentClient:
+    """A client of ``server`` with short backoffs."""
+    return PlaymentClient(server.api_key, base_url=server.url, retry=FAST_RETRY, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def server() -> Iterator[FakePlaymentServer]:
+    with FakePlaymentServer() as fake:
+        yield fake
