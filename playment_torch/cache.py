@@ -378,6 +378,7 @@ class _Handle:
 
 
 _MISSING = object()
+_MISSING_FILE_ATTEMPTS = 4
 
 
 class ArrayCache:
@@ -390,6 +391,13 @@ class ArrayCache:
     Args:
         directory: Where the cache lives; ``None`` means :func:`default_cache_dir`.
         size_limit: Bytes on disk before least-recently-used entries are evicted; ``None`` means unbounded.
+            The limit is soft: a write that finds the cache over it evicts the two least recently used
+            entries. Bounded caches pay for the bookkeeping: every read also records its access time.
+
+    Attributes:
+        directory: The cache directory (created on first use).
+        size_limit: As given.
+        stats: A :class:`CacheStats` for this process.
 
     Raises:
         ConfigError: ``size_limit`` is not positive.
@@ -402,12 +410,18 @@ class ArrayCache:
             raise ConfigError(f"size_limit must be a positive number of bytes or None, not {size_limit!r}")
         self.directory = Path(directory).expanduser() if directory is not None else default_cache_dir()
         self.size_limit = size_limit
-        self.stats = CacheStats()
+        self._stats = CacheStats()
         self._handle: _Handle | None = None
         self._pid = os.getpid()
         self._lock = threading.RLock()  # guards opening, recovery and the per-key lock table
         self._stats_lock = threading.Lock()
         self._key_locks: dict[str, list[Any]] = {}  # key -> [lock, number of holders and waiters]
+
+    @property
+    def stats(self) -> CacheStats:
+        """This process's counters: fresh in a forked child or an unpickled copy; ``reset()`` zeroes them."""
+        self._check_fork()
+        return self._stats
 
     def __repr__(self) -> str:
         return f"ArrayCache({str(self.directory)!r}, size_limit={self.size_limit!r})"
@@ -437,7 +451,7 @@ class ArrayCache:
             self._lock = threading.RLock()
             self._stats_lock = threading.Lock()
             self._key_locks = {}
-            self.stats = CacheStats()
+            self._stats = CacheStats()
 
     def _current(self) -> _Handle:
         handle = self._handle
@@ -604,14 +618,18 @@ class ArrayCache:
             except OSError as exc:
                 raise _CorruptEntry(f"value file unreadable: {exc}") from exc
 
-        for _ in range(2):
+        for attempt in range(_MISSING_FILE_ATTEMPTS):
             value = self._call("get", fetch, check_stale=False)
             if value is not _MISSING:
                 return cast(np.ndarray, value)
             # diskcache answers "missing" both for absent keys and for rows whose file vanished. Look again:
-            # a concurrent overwrite can remove the old file between our SELECT and open, which is not damage.
+            # an overwrite of the same key deletes the old file right after its commit, and a reader that
+            # selected the old row just before can find the file gone. That is churn, not damage: retry.
             if not self._call("contains", lambda cache: key in cache):
                 return None
+            time.sleep(0.001 * attempt)
+        # Persistently missing. Worst case (an overwrite storm outlasting every retry) this drops a good
+        # entry, which costs a fetch, never a wrong value.
         raise _CorruptEntry("value file missing")
 
     def _get(self, key: str, kind: int, *, count_miss: bool = True) -> np.ndarray | bytes | None:
@@ -629,15 +647,15 @@ class ArrayCache:
             # Damage is not an error for the caller: drop the entry and let them fetch the value again.
             self._call("delete", lambda cache: cache.delete(key, retry=True))
             with self._stats_lock:
-                self.stats.corrupt += 1
-                self.stats.misses += 1
+                self._stats.corrupt += 1
+                self._stats.misses += 1
             return None
         with self._stats_lock:
             if value is None:
-                self.stats.misses += count_miss
+                self._stats.misses += count_miss
             else:
-                self.stats.hits += 1
-                self.stats.bytes_read += cast(np.ndarray, buffer).size
+                self._stats.hits += 1
+                self._stats.bytes_read += cast(np.ndarray, buffer).size
         return value
 
     def get_array(self, key: str) -> np.ndarray | None:
@@ -682,7 +700,7 @@ class ArrayCache:
         # as plain files that reads can pull in with one readinto.
         self._call("put", lambda cache: cache.set(key, entry, retry=True))
         with self._stats_lock:
-            self.stats.bytes_written += len(entry)
+            self._stats.bytes_written += len(entry)
 
     def put_array(self, key: str, array: np.ndarray) -> None:
         """Store ``array`` under ``key``, replacing any previous value.

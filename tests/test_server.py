@@ -66,9 +66,7 @@ def server() -> Iterator[FakePlaymentServer]:
         yield fake
 
 
-def api(
-    server: FakePlaymentServer, path: str, *, key: str | None = "<default>", **kwargs: object
-) -> requests.Response:
+def api(server: FakePlaymentServer, path: str, *, key: str | None = "<default>", **kwargs: object) -> requests.Response:
     headers = {} if key is None else {"x-api-key": server.api_key if key == "<default>" else key}
     return requests.get(f"{server.url}{path}", headers=headers, timeout=10, **kwargs)  # type: ignore[arg-type]
 
@@ -167,9 +165,7 @@ def test_replace_result_moves_to_a_new_url(server: FakePlaymentServer) -> None:
 # ------------------------------------------------------------------------------------------- pagination
 
 
-@pytest.mark.parametrize(
-    ("n_jobs", "page_sizes"), [(10, [3, 3, 3, 1]), (9, [3, 3, 3]), (7, [3, 3, 1]), (2, [2])]
-)
+@pytest.mark.parametrize(("n_jobs", "page_sizes"), [(10, [3, 3, 3, 1]), (9, [3, 3, 3]), (7, [3, 3, 1]), (2, [2])])
 def test_pagination(server: FakePlaymentServer, n_jobs: int, page_sizes: list[int]) -> None:
     batch = server.add_batch("b")
     added = [server.add_job(LEGACY_RESULT, batch_id=batch, reference_id=f"r{i}") for i in range(n_jobs)]
@@ -209,9 +205,7 @@ def _b64(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode()
 
 
-@pytest.mark.parametrize(
-    "token", ["%%%", "not-a-token", _b64("offset:-1"), _b64("offset:99"), _b64("page:3")]
-)
+@pytest.mark.parametrize("token", ["%%%", "not-a-token", _b64("offset:-1"), _b64("offset:99"), _b64("page:3")])
 def test_bad_page_token(server: FakePlaymentServer, token: str) -> None:
     batch = server.add_batch("b")
     server.add_job(None, batch_id=batch)
@@ -223,9 +217,7 @@ def test_bad_page_token(server: FakePlaymentServer, token: str) -> None:
 
 
 @pytest.mark.parametrize("suffix", ["/details", "/batch/b", "/jobs/j"])
-@pytest.mark.parametrize(
-    ("key", "expected"), [(None, (401, "unauthorized")), ("wrong", (400, "auth-failure"))]
-)
+@pytest.mark.parametrize(("key", "expected"), [(None, (401, "unauthorized")), ("wrong", (400, "auth-failure"))])
 def test_auth_failures(server: FakePlaymentServer, suffix: str, key: str | None, expected: tuple) -> None:
     server.add_batch("b", batch_id="b")
     server.add_job(None, job_id="j")
@@ -233,14 +225,10 @@ def test_auth_failures(server: FakePlaymentServer, suffix: str, key: str | None,
     assert api(server, project_path(server, suffix)).status_code == 200
 
 
-@pytest.mark.parametrize(
-    ("key", "expected"), [(None, (401, "unauthorized")), ("wrong", (400, "auth-failure"))]
-)
+@pytest.mark.parametrize(("key", "expected"), [(None, (401, "unauthorized")), ("wrong", (400, "auth-failure"))])
 def test_attachments_need_the_key(server: FakePlaymentServer, key: str | None, expected: tuple) -> None:
     server.put_file("s3://bucket/x.bin", b"x")
-    response = api(
-        server, "/v1/attachments", key=key, params={"url": "s3://bucket/x.bin"}, allow_redirects=False
-    )
+    response = api(server, "/v1/attachments", key=key, params={"url": "s3://bucket/x.bin"}, allow_redirects=False)
     assert error_of(response) == expected
 
 
@@ -271,9 +259,7 @@ def test_unknown_resources_are_fs_0006(server: FakePlaymentServer, path: str) ->
         ("/", {}, (404, "not_found")),
     ],
 )
-def test_parameter_and_path_errors(
-    server: FakePlaymentServer, path: str, params: dict, expected: tuple
-) -> None:
+def test_parameter_and_path_errors(server: FakePlaymentServer, path: str, params: dict, expected: tuple) -> None:
     response = api(server, path.format(p=server.project_id), params=params, allow_redirects=False)
     assert error_of(response) == expected
 
@@ -292,9 +278,7 @@ def test_only_get_is_allowed(server: FakePlaymentServer, method: str) -> None:
     assert api(server, project_path(server, "/details")).status_code == 200
 
 
-def test_exception_in_handler_is_a_500_json_body(
-    server: FakePlaymentServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_exception_in_handler_is_a_500_json_body(server: FakePlaymentServer, monkeypatch: pytest.MonkeyPatch) -> None:
     server.add_job(None, job_id="j")
 
     def explode(job_id: str) -> None:
@@ -307,6 +291,20 @@ def test_exception_in_handler_is_a_500_json_body(
     assert server.requests[-1].status == 500
     monkeypatch.undo()
     assert api(server, project_path(server, "/jobs/j")).status_code == 200
+
+
+@pytest.mark.parametrize("method", ["_route", "_take_fault"])
+def test_exception_outside_the_response_builder_is_a_500_too(
+    server: FakePlaymentServer, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    def explode(*args: object) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(server, method, explode)
+    response = api(server, project_path(server, "/details"))
+    assert error_of(response) == (500, "api_error")
+    monkeypatch.undo()
+    assert api(server, project_path(server, "/details")).status_code == 200
 
 
 # ------------------------------------------------------------------------------------- attachments & storage
@@ -587,14 +585,8 @@ def test_fault_match_and_route_filters(server: FakePlaymentServer) -> None:
         ).status_code
         == 502
     )
-    assert (
-        requests.get(signed_location(server, f"{PLAYMENT_STORAGE}/x/frame_8.pcd"), timeout=10).content
-        == b"eight"
-    )
-    assert (
-        requests.get(signed_location(server, f"{PLAYMENT_STORAGE}/x/frame_7.pcd"), timeout=10).status_code
-        == 503
-    )
+    assert requests.get(signed_location(server, f"{PLAYMENT_STORAGE}/x/frame_8.pcd"), timeout=10).content == b"eight"
+    assert requests.get(signed_location(server, f"{PLAYMENT_STORAGE}/x/frame_7.pcd"), timeout=10).status_code == 503
     assert (fault.fired, storage_fault.fired, attach_fault.fired) == (1, 1, 1)
 
 
@@ -672,9 +664,7 @@ def test_clean_shutdown() -> None:
     fake.put_file("s3://b/k", b"x" * 10_000)
     session = requests.Session()  # keeps connections alive on both listeners
     session.headers["x-api-key"] = fake.api_key
-    assert (
-        session.get(f"{fake.url}/v1/attachments", params={"url": "s3://b/k"}, timeout=10).status_code == 200
-    )
+    assert session.get(f"{fake.url}/v1/attachments", params={"url": "s3://b/k"}, timeout=10).status_code == 200
     fake.add_fault("project", latency=30)
     outcome: list[object] = []
 

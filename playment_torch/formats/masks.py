@@ -110,6 +110,14 @@ def _parse_json_keys(blob: bytes) -> np.ndarray:
         ok[ok] = _DIGIT[raw[after[ok]]]
         if not ok.all():
             raise PlaymentFormatError(f"mask JSON has a '-' without digits at byte {base + int(minus[~ok][0])}")
+    # JSON numbers have no leading zeros ("07"); numpy would read them, so look at every '0' that starts a key.
+    zeros = np.flatnonzero(raw[:-1] == ord("0"))
+    if zeros.size:
+        leading = _DIGIT[raw[zeros + 1]] & ((zeros == 0) | ~_DIGIT[raw[zeros - 1]])
+        if leading.any():
+            raise PlaymentFormatError(
+                f"mask JSON has a number with a leading zero at byte {base + int(zeros[leading][0])}"
+            )
     expected = int(np.count_nonzero(raw == ord(","))) + 1
     try:
         keys = np.fromstring(inner, dtype=np.int64, sep=",")  # C parser, no Python int per key

@@ -180,8 +180,7 @@ def _ok(data: Any) -> _Response:
 
 def _s3_error(status: int, code: str, message: str) -> _Response:
     body = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>'
     ).encode()
     return _Response(status, body, "application/xml")
 
@@ -273,8 +272,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Stay silent: the default logs every request to stderr."""
 
+    responded = False
+
     def _dispatch(self) -> None:
-        self.server.fake._handle(self)
+        self.responded = False
+        try:
+            self.server.fake._handle(self)
+        except Exception:
+            # A bug outside the response builder (routing, faults, logging): still a 500 with an error body,
+            # unless part of a response went out already, in which case only hanging up is honest.
+            self.close_connection = True
+            if not self.responded:
+                with contextlib.suppress(OSError):
+                    self.server.fake._send(self, _error(500, "api_error", "internal error in the fake server"), None)
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch
 
@@ -831,9 +841,7 @@ class FakePlaymentServer:
         body = f"<html><body><h1>{fault.status}</h1><p>injected fault</p></body></html>".encode()
         return _Response(fault.status, body, "text/html")
 
-    def _api(
-        self, handler: _Handler, route: str, params: tuple[str, ...], query: dict[str, str]
-    ) -> _Response:
+    def _api(self, handler: _Handler, route: str, params: tuple[str, ...], query: dict[str, str]) -> _Response:
         if route == "unknown":
             path = urllib.parse.urlsplit(handler.path).path
             return _error(404, "not_found", f"no such endpoint: {handler.command} {path}")
@@ -986,6 +994,7 @@ class FakePlaymentServer:
             body = body[: len(body) // 2]
             declared = max(declared, len(body) + 1)
             handler.close_connection = True
+        handler.responded = True
         handler.send_response(response.status)
         for name, value in response.headers:
             handler.send_header(name, value)

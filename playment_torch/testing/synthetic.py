@@ -670,9 +670,18 @@ def _camera_rigs(count: int) -> list[tuple[dict[str, Any], np.ndarray]]:
                 "modality": "camera",
                 "camera_model": "brown_conrady",
                 "intrinsics": {
-                    "fx": 1266.4, "fy": 1266.4, "cx": 816.3, "cy": 491.5,
-                    "k1": -0.3284, "k2": 0.1287, "k3": -0.0241, "k4": 0.0,
-                    "p1": 0.00052, "p2": -0.00031, "skew": 0.0, "scale_factor": 1.0,
+                    "fx": 1266.4,
+                    "fy": 1266.4,
+                    "cx": 816.3,
+                    "cy": 491.5,
+                    "k1": -0.3284,
+                    "k2": 0.1287,
+                    "k3": -0.0241,
+                    "k4": 0.0,
+                    "p1": 0.00052,
+                    "p2": -0.00031,
+                    "skew": 0.0,
+                    "scale_factor": 1.0,
                 },
                 "primary_view": False,
                 "state": "editable",
@@ -686,9 +695,18 @@ def _camera_rigs(count: int) -> list[tuple[dict[str, Any], np.ndarray]]:
                 "modality": "camera",
                 "camera_model": "fisheye",
                 "intrinsics": {
-                    "fx": 352.6, "fy": 352.1, "cx": 640.8, "cy": 482.3,
-                    "k1": 0.0532, "k2": -0.0117, "k3": 0.0021, "k4": -0.00034,
-                    "p1": 0.0, "p2": 0.0, "skew": 0.0, "scale_factor": 1.0,
+                    "fx": 352.6,
+                    "fy": 352.1,
+                    "cx": 640.8,
+                    "cy": 482.3,
+                    "k1": 0.0532,
+                    "k2": -0.0117,
+                    "k3": 0.0021,
+                    "k4": -0.00034,
+                    "p1": 0.0,
+                    "p2": 0.0,
+                    "skew": 0.0,
+                    "scale_factor": 1.0,
                 },
                 "primary_view": False,
                 "state": "editable",
@@ -956,6 +974,8 @@ def make_job(
         raise ConfigError('hosting="direct" needs the server whose direct_url() hosts the files')
     if unlabeled_key is None:
         unlabeled_key = _BIG_UNLABELED_KEY if key0_is_class else 0
+    if not 0.0 <= unlabeled_fraction < 1.0:
+        raise ConfigError(f"unlabeled_fraction must be in [0, 1), got {unlabeled_fraction}")
     if key0_is_class and unlabeled_key == 0:
         raise ConfigError("with key0_is_class, key 0 is a class and cannot mark unlabeled points")
 
@@ -1198,7 +1218,8 @@ def add_synthetic_project(
     if batches > 1:
         batch_ids = [server.add_batch(f"synthetic batch {i}") for i in range(batches)]
     plan = (
-        [("current", "completed")] * n_jobs + [("legacy", "completed")] * legacy_jobs
+        [("current", "completed")] * n_jobs
+        + [("legacy", "completed")] * legacy_jobs
         + [("current", "pending")] * pending_jobs
     )
     jobs = []
@@ -1222,7 +1243,11 @@ def add_synthetic_project(
         job.status = status
         job.batch_id = batch_ids[index % len(batch_ids)]
         server.add_job(
-            job.result, job_id=job.job_id, batch_id=job.batch_id, status=status, files=job.files,
+            job.result,
+            job_id=job.job_id,
+            batch_id=job.batch_id,
+            status=status,
+            files=job.files,
             reference_id=f"synthetic-{index:04d}",
         )
         jobs.append(job)
