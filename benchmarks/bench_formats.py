@@ -7,7 +7,7 @@ Run from the repository root::
 Cases: a synthetic 120k-point ``x y z intensity ring`` cloud (float32 x4 + uint16) in every encoding, the real
 240k-point scan ``../shared/data/pcd/files/patchwork__000000.pcd`` (binary_compressed as shipped, re-encoded to
 binary and ascii), and a 120k-key mask. Every reader decodes the same bytes from memory; timings are the best
-of N runs (``time.perf_counter``). Peers: pypcd4 and open3d where importable (skipped cleanly otherwise),
+of N interleaved rounds (``time.perf_counter``). Peers: pypcd4 and open3d where importable (skipped cleanly otherwise),
 ``np.loadtxt`` for ASCII, ``np.array(json.loads(...))`` for masks. MB/s counts decoded bytes (the structured
 array's ``nbytes``); "speedup" is peer time / playment_torch time (above 1 = playment_torch is faster).
 """
@@ -37,23 +37,33 @@ REAL_SCAN = ROOT.parent / "shared" / "data" / "pcd" / "files" / "patchwork__0000
 ENCODINGS = ("binary", "binary_compressed", "ascii")
 
 
-def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Best wall time in seconds over ``repeat`` calls, and the last result."""
-    best = float("inf")
-    result = None
+def best_of(readers: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float | Exception]:
+    """Best wall time in seconds of each reader over ``repeat`` rounds.
+
+    The readers run round-robin (one call each per round), so load from other processes on the machine hits
+    every reader alike instead of whichever happened to be measured during a busy spell. A reader that raises
+    is dropped and its exception returned in place of a time.
+    """
+    best: dict[str, float | Exception] = dict.fromkeys(readers, float("inf"))
     for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        for name, fn in readers.items():
+            if isinstance(best[name], Exception):
+                continue
+            start = time.perf_counter()
+            try:
+                fn()
+            except Exception as exc:  # a peer that cannot read a file is reported, not fatal
+                best[name] = exc
+                continue
+            elapsed = time.perf_counter() - start
+            best[name] = min(best[name], elapsed)  # type: ignore[type-var]
+    return best
 
 
 def ring_cloud(n: int = 120_000, seed: int = 0) -> np.ndarray:
     """A LiDAR-like cloud: 128 rings, ranges up to ~80 m, integer intensities."""
     rng = np.random.default_rng(seed)
-    cloud = np.zeros(
-        n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4"), ("ring", "<u2")]
-    )
+    cloud = np.zeros(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4"), ("ring", "<u2")])
     azimuth = rng.uniform(0, 2 * np.pi, n)
     ring = rng.integers(0, 128, n)
     distance = rng.uniform(2, 80, n)
@@ -102,14 +112,15 @@ def bench_cloud(
     ratios: dict[str, float] = {}
     for encoding in ENCODINGS:
         blob = blobs[encoding]
-        ours, cloud = best_of(lambda blob=blob: read_pcd(blob), repeat)  # type: ignore[misc]
-        nbytes = cloud.data.nbytes
+        nbytes = read_pcd(blob).data.nbytes
+        readers = {"playment_torch": lambda blob=blob: read_pcd(blob), **peers_for(blob, encoding, tmpdir)}
+        times = best_of(readers, repeat)
+        ours = times.pop("playment_torch")
+        assert isinstance(ours, float), ours
         rows.append(row(label, encoding, "playment_torch", ours, nbytes, None, len(blob)))
-        for peer, fn in peers_for(blob, encoding, tmpdir).items():
-            try:
-                peer_time, _ = best_of(fn, repeat)
-            except Exception as exc:  # a peer that cannot read a file is reported, not fatal
-                rows.append([label, encoding, peer, f"error: {type(exc).__name__}", "", "", ""])
+        for peer, peer_time in times.items():
+            if isinstance(peer_time, Exception):
+                rows.append([label, encoding, peer, f"error: {type(peer_time).__name__}", "", "", ""])
                 continue
             rows.append(row(label, encoding, peer, peer_time, nbytes, ours, len(blob)))
             ratios[f"{label} {encoding} vs {peer}"] = peer_time / ours
@@ -156,10 +167,15 @@ def main() -> None:
 
     keys = np.random.default_rng(1).integers(-1, 400, 120_000)
     mask = encode_mask(keys)
-    ours, parsed = best_of(lambda: read_mask(mask), args.repeat)
+    parsed = read_mask(mask)
     assert np.array_equal(parsed, keys)
+    times = best_of(
+        {"playment_torch": lambda: read_mask(mask), "json.loads + np.array": lambda: np.array(json.loads(mask))},
+        args.repeat,
+    )
+    ours, peer = times["playment_torch"], times["json.loads + np.array"]
+    assert isinstance(ours, float) and isinstance(peer, float)
     rows.append(row("mask 120k keys", "json", "playment_torch", ours, parsed.nbytes, None, len(mask)))
-    peer, _ = best_of(lambda: np.array(json.loads(mask)), args.repeat)
     rows.append(row("mask 120k keys", "json", "json.loads + np.array", peer, parsed.nbytes, ours, len(mask)))
     ratios["mask vs json.loads + np.array"] = peer / ours
 

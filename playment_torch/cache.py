@@ -612,6 +612,8 @@ class ArrayCache:
                 return _MISSING
             if isinstance(value, bytes):  # small values live inside SQLite; copy so the result is writable
                 return np.frombuffer(bytearray(value), dtype=np.uint8)
+            if not isinstance(value, io.BufferedIOBase):
+                raise _CorruptEntry(f"entry is a {type(value).__name__}, not bytes written by this module")
             try:
                 with value:
                     return _read_all(value)
@@ -632,31 +634,40 @@ class ArrayCache:
         # entry, which costs a fetch, never a wrong value.
         raise _CorruptEntry("value file missing")
 
-    def _get(self, key: str, kind: int, *, count_miss: bool = True) -> np.ndarray | bytes | None:
+    def _get(self, key: str, kind: int, *, count_miss: bool = True) -> tuple[bool, Any]:
+        """Look ``key`` up and decode it as ``kind``, keeping the statistics.
+
+        Returns:
+            ``(True, value)`` for a hit, ``(False, None)`` for a miss or a damaged (now deleted) entry.
+
+        Raises:
+            CacheError: The cache is unusable, or the entry holds the other kind of value.
+        """
         try:
             buffer = self._read_entry(key)
             if buffer is None:
-                value = None
-            else:
-                found, value = _unframe(buffer)
-                if found != kind:
-                    raise CacheError(
-                        f"cache entry {key!r} holds {_KIND_NAMES[found]}, not {_KIND_NAMES[kind]}"
-                    )
+                with self._stats_lock:
+                    self._stats.misses += count_miss
+                return False, None
+            found, payload = _unframe(buffer)
+            if found != kind:
+                raise CacheError(f"cache entry {key!r} holds {_KIND_NAMES[found]}, not {_KIND_NAMES[kind]}")
+            if kind == _KIND_JSON:
+                try:
+                    payload = json.loads(cast(bytes, payload))
+                except ValueError as exc:  # checksummed yet undecodable: not ours to trust either
+                    raise _CorruptEntry(f"undecodable JSON: {exc}") from exc
         except _CorruptEntry:
             # Damage is not an error for the caller: drop the entry and let them fetch the value again.
             self._call("delete", lambda cache: cache.delete(key, retry=True))
             with self._stats_lock:
                 self._stats.corrupt += 1
                 self._stats.misses += 1
-            return None
+            return False, None
         with self._stats_lock:
-            if value is None:
-                self._stats.misses += count_miss
-            else:
-                self._stats.hits += 1
-                self._stats.bytes_read += cast(np.ndarray, buffer).size
-        return value
+            self._stats.hits += 1
+            self._stats.bytes_read += buffer.size
+        return True, payload
 
     def get_array(self, key: str) -> np.ndarray | None:
         """Return the array stored under ``key``.
@@ -672,7 +683,7 @@ class ArrayCache:
         Raises:
             CacheError: The cache is unusable, or ``key`` holds a JSON value.
         """
-        return cast("np.ndarray | None", self._get(key, _KIND_ARRAY))
+        return cast("np.ndarray | None", self._get(key, _KIND_ARRAY)[1])
 
     def get_json(self, key: str) -> Any | None:
         """Return the JSON value stored under ``key``, ``None`` when missing or damaged.
@@ -681,16 +692,13 @@ class ArrayCache:
             key: A key from :func:`cache_key`.
 
         Returns:
-            The decoded JSON value, or ``None`` (a stored JSON ``null`` is indistinguishable from a miss).
+            The decoded JSON value, or ``None`` (a stored JSON ``null`` reads back as ``None`` too, though
+            ``stats`` counts it as a hit).
 
         Raises:
             CacheError: The cache is unusable, or ``key`` holds an array.
         """
-        payload = self._get(key, _KIND_JSON)
-        if payload is None:
-            return None
-        # The checksum matched, so undecodable JSON here means a bug, not damage: let it raise.
-        return json.loads(cast(bytes, payload))
+        return self._get(key, _KIND_JSON)[1]
 
     # --- writes -------------------------------------------------------------------------------------------
 
@@ -769,9 +777,9 @@ class ArrayCache:
         if value is not None:
             return value
         with self._key_lock(key):
-            value = cast("np.ndarray | None", self._get(key, _KIND_ARRAY, count_miss=False))
-            if value is not None:
-                return value
+            found, value = self._get(key, _KIND_ARRAY, count_miss=False)
+            if found:
+                return cast(np.ndarray, value)
             created = np.asarray(create())
             self.put_array(key, created)
             return created

@@ -80,8 +80,14 @@ def test_cache_without_directory_uses_default(monkeypatch: pytest.MonkeyPatch, t
     ("kwargs", "expected"),
     [
         (
-            {"kind": "points", "project_id": "p1", "job_id": "j1", "frame_id": "f0", "sensor_id": "lidar",
-             "url": "https://s3.example.com/b/f0.pcd?X-Amz-Signature=abc&X-Amz-Credential=AKIA"},
+            {
+                "kind": "points",
+                "project_id": "p1",
+                "job_id": "j1",
+                "frame_id": "f0",
+                "sensor_id": "lidar",
+                "url": "https://s3.example.com/b/f0.pcd?X-Amz-Signature=abc&X-Amz-Credential=AKIA",
+            },
             "points|p1|j1|f0|lidar|https://s3.example.com/b/f0.pcd",
         ),
         ({"kind": "project", "project_id": "p1"}, "project|p1||||"),
@@ -244,6 +250,12 @@ def test_json_round_trip(cache: ArrayCache, value: Any) -> None:
     assert cache.get_json("r") == value
 
 
+def test_json_null_is_a_hit(cache: ArrayCache) -> None:
+    cache.put_json("null", None)
+    assert cache.get_json("null") is None
+    assert (cache.stats.hits, cache.stats.misses) == (1, 0)
+
+
 def test_json_errors(cache: ArrayCache) -> None:
     assert cache.get_json("missing") is None
     with pytest.raises(CacheError, match="JSON-serialisable"):
@@ -360,6 +372,22 @@ def test_damaged_small_entry_in_sqlite(cache: ArrayCache) -> None:
     con.close()
     assert cache.get_array("small") is None
     assert cache.stats.corrupt == 1 and "small" not in cache
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [{"pickled": 1}, "a small string", "a large string " * 5000, b"short raw bytes", 42],
+    ids=["pickle", "str", "str file", "bytes", "int"],
+)
+def test_entries_not_written_by_us_are_damage(cache: ArrayCache, foreign: Any) -> None:
+    import diskcache
+
+    cache.put_array("mine", np.arange(3))
+    with diskcache.Cache(str(cache.directory)) as other:
+        other.set("foreign", foreign)
+    assert cache.get_array("foreign") is None
+    assert cache.stats.corrupt == 1 and "foreign" not in cache
+    assert same(np.arange(3), cache.get_array("mine"))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -584,7 +612,9 @@ def test_get_or_create_two_processes_create_once(cache: ArrayCache) -> None:
     barrier = context.Barrier(2)
     results = context.Queue()
     pickled = pickle.dumps(cache)
-    children = [context.Process(target=_child_get_or_create, args=(pickled, counter, barrier, results)) for _ in range(2)]
+    children = [
+        context.Process(target=_child_get_or_create, args=(pickled, counter, barrier, results)) for _ in range(2)
+    ]
     for child in children:
         child.start()
     outcomes = [results.get(timeout=60) for _ in children]
@@ -662,8 +692,9 @@ def test_stats_count_exactly(cache: ArrayCache) -> None:
     cache.put_array("k", BIG)
     assert same(BIG, cache.get_array("k"))
     assert same(BIG, cache.get_array("k"))
-    assert cache.stats == CacheStats(hits=2, misses=1, corrupt=0, bytes_read=2 * BIG_ENTRY_SIZE,
-                                     bytes_written=BIG_ENTRY_SIZE)
+    assert cache.stats == CacheStats(
+        hits=2, misses=1, corrupt=0, bytes_read=2 * BIG_ENTRY_SIZE, bytes_written=BIG_ENTRY_SIZE
+    )
     (path,) = value_files(cache.directory)
     assert path.stat().st_size == BIG_ENTRY_SIZE
     os.truncate(path, 100)

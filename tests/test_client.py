@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import requests
 
 import playment_torch.client as client_module
 from playment_torch.client import PlaymentClient, RetryPolicy, parse_retry_after
@@ -476,10 +477,10 @@ def test_dropped_connections_exhaust_retries(client: PlaymentClient, fake: FakeP
 def test_timeout_is_retried_then_succeeds(make_client: Callable[..., PlaymentClient], fake: FakePlaymentServer) -> None:
     client = make_client(timeout=0.25)
     job_id = add_job(fake)
-    fake.add_fault("job", latency=0.8)
+    fake.add_fault("job", latency=2.0)
     job, elapsed = _timed(lambda: client.get_job(fake.project_id, job_id))
     assert job.job_id == job_id
-    assert 0.25 <= elapsed < 0.8  # the slow answer was not waited for
+    assert 0.25 <= elapsed < 1.5  # the slow answer was not waited for
 
 
 def test_timeouts_exhaust_retries(make_client: Callable[..., PlaymentClient], fake: FakePlaymentServer) -> None:
@@ -604,9 +605,9 @@ def test_expired_signature_asks_again(client: PlaymentClient, fake: FakePlayment
 
 def test_signature_expiring_in_flight(make_client: Callable[..., PlaymentClient], fake: FakePlaymentServer) -> None:
     client = make_client()
-    fake.signed_url_ttl = 0.5
+    fake.signed_url_ttl = 0.8
     url = hosted(fake, "cloud.pcd", b"points")
-    fake.add_fault("storage", latency=1.0)  # the first signed URL is stale when the storage checks it
+    fake.add_fault("storage", latency=1.2)  # the first signed URL is stale when the storage checks it
     assert client.download(url) == b"points"
     assert routes(fake) == [("attachments", 302), ("storage", 403), ("attachments", 302), ("storage", 200)]
 
@@ -1016,7 +1017,37 @@ def test_one_session_shared_by_threads(client: PlaymentClient) -> None:
     assert len({id(s) for s in seen}) == 1
 
 
-def test_concurrent_downloads_scale(client: PlaymentClient, fake: FakePlaymentServer) -> None:
+def test_a_forked_process_gets_its_own_session(client: PlaymentClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    parent = client._http()
+    real_pid = client_module.os.getpid()
+    monkeypatch.setattr(client_module.os, "getpid", lambda: real_pid + 1)
+    child = client._http()
+    assert child is not parent and client._http() is child
+
+
+def test_every_request_has_a_timeout(
+    make_client: Callable[..., PlaymentClient], fake: FakePlaymentServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = make_client(timeout=7.5)
+    seen: list[tuple[str, Any, Any]] = []
+    real_get = requests.Session.get
+
+    def spy(self: requests.Session, url: str, **kwargs: Any) -> requests.Response:
+        seen.append((url, kwargs.get("timeout"), kwargs.get("allow_redirects")))
+        return real_get(self, url, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "get", spy)
+    _workload(client, fake)
+    assert len(seen) >= 20
+    # 30 s: the workload's wrong-key client, built with the default timeout.
+    assert {(timeout, redirects) for _, timeout, redirects in seen} == {(7.5, False), (30.0, False)}
+    assert sum(timeout == 7.5 for _, timeout, _ in seen) >= 20
+
+
+def test_concurrent_downloads_scale(
+    client: PlaymentClient, fake: FakePlaymentServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="urllib3")
     contents = {f"{PLAYMENT_STORAGE}/bulk/{i:04d}.bin": f"file {i} ".encode() * 50 for i in range(500)}
     for url, content in contents.items():
         fake.put_file(url, content)
@@ -1039,3 +1070,5 @@ def test_concurrent_downloads_scale(client: PlaymentClient, fake: FakePlaymentSe
     assert sequential >= 0.04  # two requests of 20 ms each
     assert sequential / concurrent >= 5, (sequential, concurrent)
     assert not any(r.status != 200 and r.route == "storage" for r in fake.requests)
+    # The pool holds a connection per thread: none was thrown away for lack of room.
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]

@@ -74,7 +74,11 @@ def test_samples_equal_the_synthetic_ground_truth(server, project, tmp_path):
         np.testing.assert_allclose(sample.poses[0].numpy(), frame.ego_pose, atol=1e-12)
         np.testing.assert_allclose(sample.poses[1:].numpy(), frame.camera_poses, atol=1e-9)
         expected_k = [
-            [[c["intrinsics"]["fx"], 0, c["intrinsics"]["cx"]], [0, c["intrinsics"]["fy"], c["intrinsics"]["cy"]], [0, 0, 1]]
+            [
+                [c["intrinsics"]["fx"], 0, c["intrinsics"]["cx"]],
+                [0, c["intrinsics"]["fy"], c["intrinsics"]["cy"]],
+                [0, 0, 1],
+            ]
             for c in job.cameras
         ]
         np.testing.assert_array_equal(sample.intrinsics.numpy(), np.array(expected_k, dtype=np.float64))
@@ -102,7 +106,9 @@ def test_missing_point_field_names_the_frame_and_its_fields(server, project, tmp
         ds = make_dataset(server, tmp_path, point_fields=("x", "y", "z", "intensity"))
     (position,) = [i for i, f in enumerate(ds.frames) if f.legacy]
     job_id = ds.frames[position].job_id
-    with pytest.raises(PlaymentFormatError, match=rf"job {job_id}, frame 0: .*no field 'intensity'.*x, y, z, label_key"):
+    with pytest.raises(
+        PlaymentFormatError, match=rf"job {job_id}, frame 0: .*no field 'intensity'.*x, y, z, label_key"
+    ):
         ds[position]
 
 
@@ -257,7 +263,9 @@ def test_batch_and_project_wide_resolution_agree(server, tmp_path):
     by_batch = make_dataset(server, tmp_path / "b", batch_ids=[b.id for b in project.batches])
     by_job = make_dataset(server, tmp_path / "j", job_ids=[f.job_id for f in everything.frames])
     frames = [(f.job_id, f.frame_id) for f in everything.frames]
-    assert frames == [(f.job_id, f.frame_id) for f in by_batch.frames] == [(f.job_id, f.frame_id) for f in by_job.frames]
+    assert (
+        frames == [(f.job_id, f.frame_id) for f in by_batch.frames] == [(f.job_id, f.frame_id) for f in by_job.frames]
+    )
     one = make_dataset(server, tmp_path / "one", batch_ids=[project.batches[0].id])
     assert 0 < len(one) < len(everything)
 
@@ -281,7 +289,9 @@ def test_short_mask_raises_with_both_counts_or_is_skipped(server, tmp_path):
     points = len(jobs[0].frames[0].points)
     server.put_file(mask["label_url"], encode_mask(np.zeros(points - 7, dtype=np.int64)))
     ds = make_dataset(server, tmp_path)
-    with pytest.raises(PlaymentFormatError, match=rf"job {jobs[0].job_id}, frame 0: .*{points - 7} label keys.*{points} points"):
+    with pytest.raises(
+        PlaymentFormatError, match=rf"job {jobs[0].job_id}, frame 0: .*{points - 7} label keys.*{points} points"
+    ):
         ds[0]
     skipping = make_dataset(server, tmp_path, on_error="skip")
     with pytest.warns(RuntimeWarning, match="skipping"):

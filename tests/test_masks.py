@@ -218,7 +218,7 @@ def test_mask_sources(tmp_path: Path, blob: bytes) -> None:
     path = tmp_path / "mask.bin"
     path.write_bytes(blob)
     for source in (path, str(path), blob, bytearray(blob), memoryview(blob)):
-        assert read_mask(source).tolist() == [3, -1, 4]  # type: ignore[arg-type]
+        assert read_mask(source).tolist() == [3, -1, 4]
 
 
 def test_mask_unsupported_source_type() -> None:

@@ -464,6 +464,16 @@ def binary_cases() -> dict[str, tuple[bytes, str]]:
     }
 
 
+def test_compressed_padding_claims_are_bounded() -> None:
+    header = ["FIELDS x _", "SIZE 1 1", "TYPE U U", "COUNT 1 1000000000", "WIDTH 100", "DATA binary_compressed"]
+    with pytest.raises(PlaymentFormatError, match="padding fields make a point 1000000001 bytes"):
+        read_pcd(compressed_blob(header, bytes(100)))
+    only_padding = ["FIELDS _", "SIZE 4", "TYPE F", "WIDTH 1000000000000", "DATA binary_compressed"]
+    blob = ("\n".join(only_padding) + "\n").encode() + bytes(8)
+    with pytest.raises(PlaymentFormatError, match="only padding"):
+        read_pcd(blob)
+
+
 @pytest.mark.parametrize("case", list(binary_cases()))
 def test_bad_binary_data_raises_format_error(case: str) -> None:
     blob, message = binary_cases()[case]

@@ -630,6 +630,17 @@ def test_request_log(server: FakePlaymentServer) -> None:
     assert server.requests == []
 
 
+def test_server_is_silent(server: FakePlaymentServer, capfd: pytest.CaptureFixture[str]) -> None:
+    server.add_fault("project", drop=True)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        api(server, project_path(server, "/details"))
+    api(server, "/nowhere")
+    api(server, project_path(server, "/details"), key=None)
+    requests.request("BREW", f"{server.url}/", timeout=10)
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+
+
 def test_config_errors() -> None:
     fake = FakePlaymentServer(api_key="k", project_id="p")
     with pytest.raises(PlaymentError):

@@ -110,10 +110,11 @@ def _parse_json_keys(blob: bytes) -> np.ndarray:
         ok[ok] = _DIGIT[raw[after[ok]]]
         if not ok.all():
             raise PlaymentFormatError(f"mask JSON has a '-' without digits at byte {base + int(minus[~ok][0])}")
-    # JSON numbers have no leading zeros ("07"); numpy would read them, so look at every '0' that starts a key.
-    zeros = np.flatnonzero(raw[:-1] == ord("0"))
+    # JSON numbers have no leading zeros ("07") but numpy reads them: find each "0" followed by a digit (rare,
+    # so whole-buffer compares, uint8 wrap-around making "- 48 < 10" the digit test) and see what precedes it.
+    zeros = np.flatnonzero((raw[:-1] == ord("0")) & ((raw[1:] - np.uint8(ord("0"))) < 10))
     if zeros.size:
-        leading = _DIGIT[raw[zeros + 1]] & ((zeros == 0) | ~_DIGIT[raw[zeros - 1]])
+        leading = (zeros == 0) | ~_DIGIT[raw[zeros - 1]]
         if leading.any():
             raise PlaymentFormatError(
                 f"mask JSON has a number with a leading zero at byte {base + int(zeros[leading][0])}"

@@ -350,6 +350,7 @@ _MAX_POINT_SIZE = 2**31 - 1
 # beyond 128x the compressed size (plus slack for tiny payloads) is a lie, refused before allocating.
 _LZF_MAX_RATIO = 128
 _LZF_SLACK = 1024
+_PADDING_SLACK = 64 << 20
 _UINT_RE = re.compile(r"[0-9]+")
 
 
@@ -626,12 +627,21 @@ def _decode_compressed(buf: bytes | bytearray, header: PCDHeader, padding: Seque
         )
     if compressed_size > available - 8:
         raise _fail(f"compressed size {compressed_size} at byte {offset} exceeds the {available - 8} bytes that follow")
-    if expected == 0:
-        return np.zeros(header.points, dtype=dtype)  # nothing stored: no points, or only padding
+    if header.points == 0:
+        return np.zeros(0, dtype=dtype)
+    if not stored:
+        # Nothing would be read, so nothing bounds POINTS: refuse rather than allocate what the header claims.
+        raise _fail("binary_compressed data with only padding (_) fields stores nothing to decode")
     if uncompressed_size > compressed_size * _LZF_MAX_RATIO + _LZF_SLACK:
         raise _fail(
             f"uncompressed size {uncompressed_size} at byte {offset + 4} is impossible for {compressed_size} "
             "bytes of LZF data"
+        )
+    if header.points * dtype.itemsize > 16 * uncompressed_size + _PADDING_SLACK:
+        # Padding is not stored, so its size is a mere claim: cap what it may make us allocate.
+        raise _fail(
+            f"padding fields make a point {dtype.itemsize} bytes for {stored_size} stored bytes: "
+            f"{header.points} points would need {header.points * dtype.itemsize} bytes"
         )
     payload = bytes(buf[offset + 8 : offset + 8 + compressed_size])
     try:
