@@ -15,6 +15,7 @@ array's ``nbytes``); "speedup" is peer time / playment_torch time (above 1 = pla
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -113,7 +114,8 @@ def bench_cloud(
     for encoding in ENCODINGS:
         blob = blobs[encoding]
         nbytes = read_pcd(blob).data.nbytes
-        readers = {"playment_torch": lambda blob=blob: read_pcd(blob), **peers_for(blob, encoding, tmpdir)}
+        readers: dict[str, Callable[[], Any]] = {"playment_torch": functools.partial(read_pcd, blob)}
+        readers |= peers_for(blob, encoding, tmpdir)
         times = best_of(readers, repeat)
         ours = times.pop("playment_torch")
         assert isinstance(ours, float), ours

@@ -733,10 +733,10 @@ class ArrayCache:
             CacheError: ``value`` is not JSON-serialisable, or the cache is unusable.
         """
         try:
-            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        except (TypeError, ValueError) as exc:
+            payload = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        except (TypeError, ValueError) as exc:  # UnicodeEncodeError (lone surrogates) is a ValueError
             raise CacheError(f"value for cache entry {key!r} is not JSON-serialisable: {exc}") from exc
-        self._put(key, _frame(_KIND_JSON, text.encode("utf-8")))
+        self._put(key, _frame(_KIND_JSON, payload))
 
     # --- create once ----------------------------------------------------------------------------------------
 

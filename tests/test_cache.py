@@ -260,6 +260,9 @@ def test_json_errors(cache: ArrayCache) -> None:
     assert cache.get_json("missing") is None
     with pytest.raises(CacheError, match="JSON-serialisable"):
         cache.put_json("r", {"a": object()})
+    with pytest.raises(CacheError, match="JSON-serialisable"):
+        cache.put_json("r", "lone surrogate \ud800")
+    assert "r" not in cache
     cache.put_json("json", {"a": 1})
     cache.put_array("array", np.arange(3))
     with pytest.raises(CacheError, match="holds JSON, not array"):

@@ -44,9 +44,10 @@ FAST = RetryPolicy(max_retries=3, backoff=0.01, backoff_max=0.05, retry_after_ma
 ATTEMPTS = FAST.max_retries + 1
 API_ROUTES = ("project", "batch", "job", "attachments")
 
-LEGACY_RESULT = {
+LEGACY_URL = f"{PLAYMENT_STORAGE}/scans/legacy.pcd"
+LEGACY_RESULT: dict[str, Any] = {
     "legend": [{"id": "c-car", "text": "Car", "label_key": 1}, {"id": "c-road", "text": "Road", "label_key": 0}],
-    "url": f"{PLAYMENT_STORAGE}/scans/legacy.pcd",
+    "url": LEGACY_URL,
 }
 
 
@@ -384,7 +385,7 @@ def test_retries_exhausted_say_how_many_attempts(
     calls: dict[str, Callable[[], Any]] = {
         "job": lambda: client.get_job(fake.project_id, job_id),
         "project": lambda: client.get_project(fake.project_id),
-        "attachments": lambda: client.download(LEGACY_RESULT["url"]),
+        "attachments": lambda: client.download(LEGACY_URL),
     }
     with pytest.raises(error) as info:
         calls[route]()
@@ -906,19 +907,19 @@ def _workload(client: PlaymentClient, fake: FakePlaymentServer) -> list[BaseExce
     """Touch every endpoint and every failure path; return the exceptions raised along the way."""
     batch = fake.add_batch("b")
     job_ids = [fake.add_job(LEGACY_RESULT, batch_id=batch) for _ in range(4)]
-    fake.put_file(LEGACY_RESULT["url"], b"# .PCD v0.7\n")
+    fake.put_file(LEGACY_URL, b"# .PCD v0.7\n")
     own = fake.put_file(fake.direct_url("own.pcd"), b"own")
     client.get_project(fake.project_id)
     assert len(list(client.iter_batch_jobs(fake.project_id, batch))) == 4
     job = client.get_job(fake.project_id, job_ids[0])
     client.get_result(job)
-    client.download(LEGACY_RESULT["url"])
+    client.download(LEGACY_URL)
     client.download(own)
     fake.add_fault("storage", status=403)
     fake.add_fault("job", status=429, retry_after=0)
     fake.add_fault("attachments", status=503)
     client.get_job(fake.project_id, job_ids[1])
-    client.download(LEGACY_RESULT["url"])
+    client.download(LEGACY_URL)
     failures: list[Callable[[], Any]] = [
         lambda: client.get_job(fake.project_id, "missing"),
         lambda: client.download(f"{PLAYMENT_STORAGE}/missing.pcd?sig=1"),
@@ -937,7 +938,7 @@ def _workload(client: PlaymentClient, fake: FakePlaymentServer) -> list[BaseExce
     fake.clear_faults()
     fake.add_fault("storage", truncate=True, times=None)
     with pytest.raises(DownloadError) as truncated:
-        client.download(LEGACY_RESULT["url"])
+        client.download(LEGACY_URL)
     errors.append(truncated.value)
     fake.clear_faults()
     return errors

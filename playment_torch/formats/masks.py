@@ -24,6 +24,7 @@ _JSON_SPACE = b" \t\r\n"
 _INT64_MIN = np.iinfo(np.int64).min
 _INT64_MAX = np.iinfo(np.int64).max
 _NOT_ALLOWED = re.compile(rb"[^0-9,\- \t\r\n]")
+_FIRST_NON_SPACE = re.compile(rb"[^ \t\r\n]")
 _TOKEN = re.compile(rb"[ \t\r\n]*(-?[0-9]+)[ \t\r\n]*")
 _DIGIT = np.zeros(256, dtype=bool)
 _DIGIT[ord("0") : ord("9") + 1] = True
@@ -55,8 +56,8 @@ def read_mask(source: bytes | bytearray | memoryview | str | os.PathLike[str]) -
         raise PlaymentFormatError(
             f"read_mask expects bytes, bytearray, memoryview or a path, not {type(source).__name__}"
         )
-    start = len(blob) - len(blob.lstrip(_JSON_SPACE))
-    if blob[start : start + 1] == b"[":
+    first = _FIRST_NON_SPACE.search(blob)
+    if first is not None and first.group() == b"[":
         return _parse_json_keys(bytes(blob))
     return _pcd_label_keys(blob)
 

@@ -91,7 +91,7 @@ class PCDHeader:
         return _packed_dtype(self.fields, self.types, self.sizes, self.counts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value: compare clouds by identity
 class PointCloud:
     """A decoded PCD file.
 
