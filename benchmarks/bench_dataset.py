@@ -132,9 +132,9 @@ def case_getitem(spec: dict[str, Any]) -> dict[str, Any]:
 
 def case_loader(spec: dict[str, Any]) -> dict[str, Any]:
     """(b) Frames/s of a warm DataLoader: best epoch of ``repeat`` after a warm-up epoch."""
+    from _baseline import NpyFrames
     from torch.utils.data import DataLoader
 
-    from _baseline import NpyFrames
     from playment_torch.collate import collate_points
 
     if spec["kind"] == "playment":
@@ -274,9 +274,8 @@ def tile_index(chunk: Any, times: int) -> Any:
     out.jobs = chunk.jobs * times  # JobInfo objects are per job, not per frame; shared here
     out.label_names, out.class_ids = chunk.label_names, chunk.class_ids
     out.frame_job = np.concatenate([chunk.frame_job + k * len(chunk.jobs) for k in range(times)]).astype(np.int32)
-    for name in ("frame_position", "legacy", "ego_poses", "camera_poses") + tuple(
-        n for n in vars(chunk) if n.startswith("lut_") and n != "lut_offsets"
-    ):
+    luts = [n for n in vars(chunk) if n.startswith("lut_") and n != "lut_offsets"]
+    for name in ["frame_position", "legacy", "ego_poses", "camera_poses", *luts]:
         setattr(out, name, np.concatenate([getattr(chunk, name)] * times))
     for name in ("frame_ids", "sensor_ids", "pointcloud_urls", "mask_urls"):
         setattr(out, name, StringTable.concatenate([getattr(chunk, name)] * times))
@@ -348,45 +347,39 @@ def run_child(spec: dict[str, Any], profile: set[str]) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=5, help="passes / epochs / runs per measurement")
-    parser.add_argument("--profile", nargs="*", default=[], choices=sorted(CASES), help="cProfile these cases")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child_main(json.loads(args.child))
-        return
+Rows = list[list[str]]
+
+
+def section_ab(work: Path, repeat: int, profile: set[str], sections: set[str], rows: Rows, notes: list[str]) -> None:
+    """(a) warm ``ds[i]`` and (b) warm DataLoader throughput, on 24 120k-point frames."""
+    from _baseline import export_npy
 
     from playment_torch.dataset import PlaymentSegmentationDataset
     from playment_torch.testing.server import FakePlaymentServer
-    from playment_torch.testing.synthetic import add_synthetic_project, make_job
+    from playment_torch.testing.synthetic import add_synthetic_project
 
-    from _baseline import export_npy
-
-    profile = set(args.profile)
-    repeat = max(1, args.repeat)
-    wall = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="bench_dataset_"))
-    rows: list[list[str]] = []
-    notes: list[str] = []
-    try:
-        # ---- (a) and (b): 24 warm 120k-point frames -----------------------------------------------------
-        with FakePlaymentServer() as server:
-            add_synthetic_project(server, n_jobs=4, frames_per_job=6, points_per_frame=120_000, seed=0)
-            base = {"url": server.url, "key": server.api_key, "project": server.project_id}
-            cache = str(work / "warm")
-            ds = PlaymentSegmentationDataset(
-                server.project_id, client=_client(server), cache_dir=cache, progress=False
-            )
-            ds.prefetch(progress=False)
-            count = export_npy(ds, work / "npy")
-            shared = {**base, "cache": cache, "npy": str(work / "npy"), "count": count, "repeat": repeat}
+    with FakePlaymentServer() as server:
+        add_synthetic_project(server, n_jobs=4, frames_per_job=6, points_per_frame=120_000, seed=0)
+        cache = str(work / "warm")
+        ds = PlaymentSegmentationDataset(server.project_id, client=_client(server), cache_dir=cache, progress=False)
+        ds.prefetch(progress=False)
+        count = export_npy(ds, work / "npy")
+        ds.cache.close()
+        shared = {
+            "url": server.url,
+            "key": server.api_key,
+            "project": server.project_id,
+            "cache": cache,
+            "npy": str(work / "npy"),
+            "count": count,
+            "repeat": repeat,
+        }
+        if "a" in sections:
             # Alternate the two sides so a burst of load on this shared machine hits both alike.
             runs: dict[str, list[dict[str, Any]]] = {"playment": [], "npy": []}
             for _ in range(2):
-                for kind in runs:
-                    runs[kind].append(run_child({**shared, "case": "getitem", "kind": kind}, profile))
+                for kind, found in runs.items():
+                    found.append(run_child({**shared, "case": "getitem", "kind": kind}, profile))
             ours = min(runs["playment"], key=lambda r: r["median_ms"])
             theirs = min(runs["npy"], key=lambda r: r["median_ms"])
             ratio = ours["median_ms"] / theirs["median_ms"]
@@ -401,113 +394,160 @@ def main() -> None:
                     f"{ours['peak_rss_mib']:.0f} / {theirs['peak_rss_mib']:.0f}",
                 ]
             )
+            notes.append(
+                "(a) medians of the two alternating runs: playment_torch "
+                + ", ".join(f"{r['median_ms']:.2f}" for r in runs["playment"])
+                + " ms; npy "
+                + ", ".join(f"{r['median_ms']:.2f}" for r in runs["npy"])
+                + " ms"
+            )
+        if "b" in sections:
             for workers in (0, 2):
-                loader_runs = {
-                    kind: run_child(
-                        {**shared, "case": "loader", "kind": kind, "workers": workers, "repeat": repeat}, profile
-                    )
+                measured = {
+                    kind: run_child({**shared, "case": "loader", "kind": kind, "workers": workers}, profile)
                     for kind in ("playment", "npy")
                 }
-                ours, theirs = loader_runs["playment"], loader_runs["npy"]
+                ours, theirs = measured["playment"], measured["npy"]
                 ratio = theirs["fps"] / ours["fps"]
                 rss = f"{ours['peak_rss_mib']:.0f} / {theirs['peak_rss_mib']:.0f}"
                 if workers:
                     rss += f" (workers {ours['worker_rss_mib']:.0f} / {theirs['worker_rss_mib']:.0f})"
                 rows.append(
                     [
-                        f"(b) warm DataLoader, {workers} workers, frames/s",
+                        f"(b) warm DataLoader, {workers} workers, batch 4, frames/s",
                         f"{ours['fps']:.0f}",
                         f"{theirs['fps']:.0f}",
-                        f"{ratio:.2f}x slower",
+                        f"baseline/pt {ratio:.2f}x",
                         "none set",
                         "-",
                         rss,
                     ]
                 )
-            del ds
 
-        # ---- (c): cold prefetch of 200 frames with 50 ms latency ----------------------------------------
-        with FakePlaymentServer() as server:
-            add_synthetic_project(server, n_jobs=40, frames_per_job=5, points_per_frame=10_000, seed=1)
-            base = {"url": server.url, "key": server.api_key, "project": server.project_id}
-            resolved = work / "resolved"
-            ds = PlaymentSegmentationDataset(
-                server.project_id, client=_client(server), cache_dir=str(resolved), progress=False
-            )
-            assert len(ds) == PREFETCH_FRAMES
-            ds.cache.close()
-            server.latency = LATENCY
-            spec = {**base, "cache": str(resolved), "work": str(work), "repeat": min(repeat, 3)}
-            ours = run_child({**spec, "case": "prefetch"}, profile)
-            naive = run_child({**spec, "case": "naive", "subset": NAIVE_SUBSET}, profile)
-            naive_total = naive["per_frame"] * PREFETCH_FRAMES
-            speedup = naive_total / ours["seconds"]
-            rows.append(
-                [
-                    f"(c) cold prefetch, {PREFETCH_FRAMES} frames, +{LATENCY * 1e3:.0f} ms/request, s",
-                    f"{ours['seconds']:.2f}",
-                    f"{naive_total:.1f} (extrapolated)",
-                    f"{speedup:.1f}x faster",
-                    ">= 10x",
-                    _met(speedup >= 10),
-                    f"{ours['peak_rss_mib']:.0f} / {naive['peak_rss_mib']:.0f}",
-                ]
-            )
-            notes.append(
-                f"(c) naive loop: {naive['seconds']:.2f} s for the first {naive['frames']} frames "
-                f"({naive['per_frame'] * 1e3:.0f} ms/frame), times {PREFETCH_FRAMES}; prefetch runs: "
-                + ", ".join(f"{s:.2f}" for s in ours["all_seconds"])
-                + f" s, {ours['mib']:.1f} MiB each"
-            )
 
-        # ---- (d): the index of 2,000 jobs, cold then from the cache --------------------------------------
-        server = FakePlaymentServer(page_size=100).start()
-        try:
-            template = make_job(seed=5, n_frames=1, points_per_frame=10_000)
-            for url, content in template.files.items():
-                server.put_file(url, content)
-            for _ in range(INDEX_JOBS):
-                server.add_job(template.result, job_id=str(uuid.uuid4()))
-            spec = {"url": server.url, "key": server.api_key, "project": server.project_id}
-            cache = str(work / "index")
-            cold = run_child({**spec, "case": "index", "cache": cache, "refresh": "if_missing", "repeat": 1}, profile)
-        finally:
-            server.stop()
-        warm = run_child(
-            {**spec, "url": None, "case": "index", "cache": cache, "refresh": "never", "repeat": min(repeat, 3)},
-            profile,
+def section_c(work: Path, repeat: int, profile: set[str], rows: Rows, notes: list[str]) -> None:
+    """(c) cold prefetch of 200 frames with 50 ms latency against a naive sequential loop."""
+    from playment_torch.dataset import PlaymentSegmentationDataset
+    from playment_torch.testing.server import FakePlaymentServer
+    from playment_torch.testing.synthetic import add_synthetic_project
+
+    with FakePlaymentServer() as server:
+        add_synthetic_project(server, n_jobs=40, frames_per_job=5, points_per_frame=10_000, seed=1)
+        resolved = work / "resolved"
+        ds = PlaymentSegmentationDataset(
+            server.project_id, client=_client(server), cache_dir=str(resolved), progress=False
         )
-        assert cold["frames"] == warm["frames"] == INDEX_JOBS, (cold, warm)
-        rows.append(
-            [
-                f"(d) index of {INDEX_JOBS} jobs from the cache (`refresh='never'`, no server), s",
-                f"{warm['first']:.2f} (best {warm['best']:.2f})",
-                f"cold: {cold['first']:.1f}",
-                "-",
-                "< 5 s",
-                _met(warm["first"] < 5),
-                f"{warm['peak_rss_mib']:.0f} / cold {cold['peak_rss_mib']:.0f}",
-            ]
-        )
-        million = run_child({"case": "million"}, profile)
-        per_frame = million["nbytes"] / million["frames"]
-        rows.append(
-            [
-                f"(d) 1,000,000-frame index ({CHUNK_KEYS} label keys/frame), MiB",
-                f"nbytes {million['nbytes'] / 2**20:.0f} ({per_frame:.0f} B/frame)",
-                f"RSS +{million['rss_delta_mib']:.0f}",
-                "-",
-                "none set",
-                "-",
-                f"{million['peak_rss_mib']:.0f}",
-            ]
-        )
-        biggest = sorted(million["per_array"].items(), key=lambda kv: -kv[1])
-        notes.append(
-            "(d) 1M index by array: "
-            + ", ".join(f"{name} {size / 2**20:.0f}" for name, size in biggest if size > 2**20)
-            + f" MiB; FrameIndex.build of the 10,000-frame chunk: {million['build_10k_seconds']:.2f} s"
-        )
+        assert len(ds) == PREFETCH_FRAMES
+        ds.cache.close()
+        server.latency = LATENCY
+        spec = {
+            "url": server.url,
+            "key": server.api_key,
+            "project": server.project_id,
+            "cache": str(resolved),
+            "work": str(work),
+            "repeat": min(repeat, 3),
+        }
+        ours = run_child({**spec, "case": "prefetch"}, profile)
+        naive = run_child({**spec, "case": "naive", "subset": NAIVE_SUBSET}, profile)
+    naive_total = naive["per_frame"] * PREFETCH_FRAMES
+    speedup = naive_total / ours["seconds"]
+    rows.append(
+        [
+            f"(c) cold prefetch, {PREFETCH_FRAMES} frames, +{LATENCY * 1e3:.0f} ms/request, s",
+            f"{ours['seconds']:.2f}",
+            f"{naive_total:.1f} (extrapolated)",
+            f"{speedup:.1f}x faster",
+            ">= 10x",
+            _met(speedup >= 10),
+            f"{ours['peak_rss_mib']:.0f} / {naive['peak_rss_mib']:.0f}",
+        ]
+    )
+    notes.append(
+        f"(c) naive loop: {naive['seconds']:.2f} s for the first {naive['frames']} frames "
+        f"({naive['per_frame'] * 1e3:.0f} ms/frame), times {PREFETCH_FRAMES}; prefetch runs: "
+        + ", ".join(f"{s:.2f}" for s in ours["all_seconds"])
+        + f" s, {ours['mib']:.1f} MiB each"
+    )
+
+
+def section_d(work: Path, repeat: int, profile: set[str], rows: Rows, notes: list[str]) -> None:
+    """(d) the index of a 2,000-job project, cold then from the cache; the memory of a 1M-frame index."""
+    from playment_torch.testing.server import FakePlaymentServer
+    from playment_torch.testing.synthetic import make_job
+
+    server = FakePlaymentServer(page_size=100).start()
+    try:
+        template = make_job(seed=5, n_frames=1, points_per_frame=10_000)
+        for url, content in template.files.items():
+            server.put_file(url, content)
+        for _ in range(INDEX_JOBS):
+            server.add_job(template.result, job_id=str(uuid.uuid4()))
+        spec = {"url": server.url, "key": server.api_key, "project": server.project_id, "cache": str(work / "index")}
+        cold = run_child({**spec, "case": "index", "refresh": "if_missing", "repeat": 1}, profile)
+    finally:
+        server.stop()
+    warm = run_child({**spec, "url": None, "case": "index", "refresh": "never", "repeat": min(repeat, 3)}, profile)
+    assert cold["frames"] == warm["frames"] == INDEX_JOBS, (cold, warm)
+    rows.append(
+        [
+            f"(d) index of {INDEX_JOBS} jobs from the cache (`refresh='never'`, no server), s",
+            f"{warm['first']:.2f} (best {warm['best']:.2f})",
+            f"cold: {cold['first']:.1f}",
+            "-",
+            "< 5 s",
+            _met(warm["first"] < 5),
+            f"{warm['peak_rss_mib']:.0f} / cold {cold['peak_rss_mib']:.0f}",
+        ]
+    )
+    million = run_child({"case": "million"}, profile)
+    per_frame = million["nbytes"] / million["frames"]
+    rows.append(
+        [
+            f"(d) 1,000,000-frame index ({CHUNK_KEYS} label keys/frame), MiB",
+            f"nbytes {million['nbytes'] / 2**20:.0f} ({per_frame:.0f} B/frame)",
+            f"RSS +{million['rss_delta_mib']:.0f}",
+            "-",
+            "none set",
+            "-",
+            f"{million['peak_rss_mib']:.0f}",
+        ]
+    )
+    biggest = sorted(million["per_array"].items(), key=lambda kv: -kv[1])
+    notes.append(
+        "(d) 1M index by array: "
+        + ", ".join(f"{name} {size / 2**20:.0f}" for name, size in biggest if size > 2**20)
+        + f" MiB; FrameIndex.build of the 10,000-frame chunk: {million['build_10k_seconds']:.2f} s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5, help="passes / epochs / runs per measurement")
+    parser.add_argument("--profile", nargs="*", default=[], choices=sorted(CASES), help="cProfile these cases")
+    parser.add_argument(
+        "--sections", nargs="*", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"], help="what to run"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_main(json.loads(args.child))
+        return
+
+    profile = set(args.profile)
+    sections = set(args.sections)
+    repeat = max(1, args.repeat)
+    wall = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="bench_dataset_"))
+    rows: Rows = []
+    notes: list[str] = []
+    try:
+        if sections & {"a", "b"}:
+            section_ab(work, repeat, profile, sections, rows, notes)
+        if "c" in sections:
+            section_c(work, repeat, profile, rows, notes)
+        if "d" in sections:
+            section_d(work, repeat, profile, rows, notes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

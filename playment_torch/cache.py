@@ -25,9 +25,10 @@ more than three times ``np.load`` of the same array (~90 us), which would make t
 caching decoded arrays. The two 64-bit sums take one vectorised pass (~30 us: column sums of the payload
 viewed as rows of 509 words) and catch what damages cache files in practice: truncation (the length is
 checked first), a changed 64-bit word (always), zero-filled or garbage regions (all but ~2**-64 of them), and
-words or 4 KiB pages moved to other places (the weights; 509 is a prime, so page-sized moves change every
-weight). The header, which is small, has a real CRC. Changes built to cancel in both sums are not caught: this
-protects against accidents, not tampering.
+words or 4 KiB pages moved elsewhere (the weights: a move changes a word's weight unless its distance is a
+multiple of 509 words, and 509, a prime, shares no factor with the 512-word page). The header, which is small,
+has a real CRC. Changes built to cancel in both sums are not caught: this protects against accidents, not
+tampering.
 """
 
 from __future__ import annotations
@@ -79,9 +80,9 @@ _KIND_NAMES = {_KIND_ARRAY: "array", _KIND_JSON: "JSON"}
 _PREFIX = struct.Struct("<4sBBHIQQQI")
 _CRC_OFFSET = 36
 _HEADER_ALIGN = 64
-# Row width of the checksum's column sums: a prime near a 4 KiB page, so a word or page that moves by any
-# amount short of a multiple of ~4 KiB lands under a different weight. Column sums are the fastest numpy
-# reduction here (contiguous rows added as vectors), faster even than a plain sum.
+# Row width of the checksum's column sums: a prime near a 4 KiB page, so a word or page that moves by anything
+# but a multiple of 509 words lands under a different weight. Column sums are the fastest numpy reduction here
+# (contiguous rows added as vectors), faster even than a plain sum.
 _SUM_WIDTH = 509
 _SUM_WEIGHTS = np.arange(1, _SUM_WIDTH + 1, dtype=np.uint64)
 # Small enough for a dimension count no real array reaches, large enough to refuse a damaged header cheaply.

@@ -424,7 +424,9 @@ class PlaymentClient:
                 return True
             if host == pattern:
                 return True
-        return False
+        # Path-style S3 URLs name the bucket in the path: s3.<region>.amazonaws.com/playment-data-uploads/...
+        bucket = parts.path.lstrip("/").split("/", 1)[0].lower()
+        return host.endswith("amazonaws.com") and bucket.startswith("playment-")
 
     def download(self, url: str) -> bytes:
         """Fetch a file's bytes: attachments-aware, retried, verified against Content-Length, size-capped.

@@ -136,6 +136,9 @@ class JobNotCompletedError(PlaymentError):
         self.status = status
         super().__init__(f"job {job_id} is {status!r}, not 'completed': it has no result yet")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.job_id, self.status)
+
 
 class DownloadError(PlaymentError):
     """A file could not be downloaded intact (truncated, too large, refused scheme, repeated failures).
@@ -171,10 +174,19 @@ class FrameError(PlaymentError):
         frame_id: The frame.
     """
 
-    def __init__(self, message: str, *, job_id: str, frame_id: str) -> None:
+    def __init__(self, message: str, *, job_id: str = "", frame_id: str = "") -> None:
+        # Constructible from a message alone: DataLoader re-raises a worker's exception as ``type(exc)(text)``.
         self.job_id = job_id
         self.frame_id = frame_id
-        super().__init__(f"job {job_id}, frame {frame_id}: {message}")
+        self.reason = message
+        super().__init__(f"job {job_id}, frame {frame_id}: {message}" if job_id else message)
+
+    def __reduce__(self) -> tuple[type, tuple[str], dict[str, str]]:
+        return type(self), (self.reason,), {"job_id": self.job_id, "frame_id": self.frame_id}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        self.__dict__.update(state)
+        Exception.__init__(self, f"job {self.job_id}, frame {self.frame_id}: {self.reason}" if self.job_id else self.reason)
 
 
 class PlaymentFormatError(PlaymentError, ValueError):

@@ -1073,3 +1073,20 @@ def test_concurrent_downloads_scale(
     assert not any(r.status != 200 and r.route == "storage" for r in fake.requests)
     # The pool holds a connection per thread: none was thrown away for lack of room.
     assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("url", "hosted"),
+    [
+        ("https://playment-data-uploads.s3.ap-south-1.amazonaws.com/a/b.pcd", True),
+        ("https://s3.ap-south-1.amazonaws.com/playment-data-uploads/a/b.pcd", True),
+        ("https://files.playment.io/a.json", True),
+        ("s3://customer-bucket/scan.pcd", True),
+        ("gs://customer-bucket/scan.pcd", True),
+        ("https://s3.amazonaws.com/customer-bucket/scan.pcd", False),
+        ("https://data.example.com/scan.pcd", False),
+    ],
+)
+def test_which_urls_go_through_attachments(url: str, hosted: bool) -> None:
+    client = PlaymentClient("k", base_url="http://127.0.0.1:1")
+    assert client.is_playment_hosted(url) is hosted

@@ -133,6 +133,20 @@ def test_random_headers(lines: list[str], data_line: str, body: bytes) -> None:
     decode_or_format_error(blob)
 
 
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@settings(max_examples=120, deadline=None)
+@given(data=st.data())
+def test_valid_files_with_one_header_line_rewritten(encoding: str, data: st.DataObject) -> None:
+    blob = GENERATED[encoding]
+    offset = read_pcd(blob).header.data_offset
+    lines = blob[:offset].decode().splitlines()
+    index = data.draw(st.integers(0, len(lines) - 1))
+    keyword = lines[index].split()[0]
+    values = data.draw(st.lists(st.one_of(number_tokens, st.sampled_from(["F", "U", "I", "_", "x"])), max_size=8))
+    lines[index] = " ".join([keyword, *values])
+    decode_or_format_error(("\n".join(lines) + "\n").encode() + blob[offset:])
+
+
 def _claim(blob: bytes, points: int) -> bytes:
     header_end = read_pcd(blob).header.data_offset
     header = blob[:header_end].decode()

@@ -512,7 +512,7 @@ def test_direct_hosting_on_the_server(server: FakePlaymentServer) -> None:
     )
     (entry,) = job.result["sensor_data"]["frames"]
     for sensor in entry["sensors"]:
-        assert sensor["data_url"].startswith(f"{server.url}/direct/")
+        assert sensor["data_url"].startswith(f"{server.storage_url}/direct/")
         response = requests.get(sensor["data_url"], timeout=10)  # no key, no attachments
         assert response.status_code == 200 and response.content == job.files[sensor["data_url"]]
     assert not server.requests[-1].sent_key

@@ -4,9 +4,11 @@
 
 * the **API listener** (``server.url``, ``http://127.0.0.1:<port>``) answers the four documented endpoints
   (project details, batch listing with page tokens, job, attachments) with Playment's envelopes and error
-  bodies, and also serves ``/direct/<name>``: a stand-in for a customer's own web server (no key needed);
+  bodies;
 * the **storage listener** (``server.storage_url``, ``http://localhost:<port>``: a *different host name*, like
   S3 behind Playment's attachments redirect) serves short-lived HMAC-signed URLs and never needs the API key.
+  It also serves ``/direct/<name>``: a stand-in for a customer's own web server (no key, no signature), on a
+  host other than the API's, so a test can check that the key never travels there.
 
 Every request is logged as a :class:`RequestRecord` (without the key), and faults can be injected per route:
 error statuses with or without Playment's error body, ``Retry-After``, latency, truncated bodies, dropped
@@ -64,8 +66,9 @@ _API_ROUTES = (
     ("batch", re.compile(r"^/v1/projects/([^/]*)/batch/([^/]*)/?$")),
     ("job", re.compile(r"^/v1/projects/([^/]*)/jobs/([^/]*)/?$")),
     ("attachments", re.compile(r"^/v1/attachments/?$")),
-    ("direct", re.compile(r"^/direct/(.+)$")),
 )
+# A customer's own web server is another host than the API: it is served by the storage listener.
+_DIRECT_ROUTE = re.compile(r"^/direct/(.+)$")
 _STORAGE_ROUTE = re.compile(r"^/signed/([^/]+)$")
 _TOKEN_PREFIX = "offset:"
 _MAX_DRAINED_BODY = 1 << 20
@@ -593,18 +596,18 @@ class FakePlaymentServer:
         return url
 
     def direct_url(self, name: str) -> str:
-        """A "user's own" URL on the API listener, served without auth; fill it with :meth:`put_file`.
+        """A "user's own" URL on the storage listener's host, served without auth; fill it with :meth:`put_file`.
 
         Args:
             name: A path below ``/direct/`` (may contain ``/``).
 
         Returns:
-            ``http://127.0.0.1:<port>/direct/<name>``.
+            ``http://localhost:<storage port>/direct/<name>``.
 
         Raises:
             PlaymentError: the server has not been started (the port is not known yet).
         """
-        return f"{self.url}/direct/{urllib.parse.quote(name.lstrip('/'))}"
+        return f"{self.storage_url}/direct/{urllib.parse.quote(name.lstrip('/'))}"
 
     def signed_url(self, url: str, *, ttl: float | None = None) -> str:
         """The signed storage URL the attachments endpoint would redirect to for ``url`` right now.
@@ -786,6 +789,8 @@ class FakePlaymentServer:
         try:
             if fault is not None and fault.status is not None:
                 response = self._fault_response(fault)
+            elif route == "direct":
+                response = self._direct(handler.command, params[0])
             elif kind == "storage":
                 response = self._storage(handler.command, params, query)
             else:
@@ -825,6 +830,9 @@ class FakePlaymentServer:
     @staticmethod
     def _route(kind: str, path: str) -> tuple[str, tuple[str, ...]]:
         if kind == "storage":
+            direct = _DIRECT_ROUTE.match(path)
+            if direct:
+                return "direct", (urllib.parse.unquote(direct.group(1)),)
             match = _STORAGE_ROUTE.match(path)
             return "storage", (urllib.parse.unquote(match.group(1)),) if match else ()
         for name, pattern in _API_ROUTES:
@@ -849,8 +857,6 @@ class FakePlaymentServer:
             response = _error(405, "method_not_allowed", f"{handler.command} is not allowed; use GET")
             response.headers.append(("Allow", "GET"))
             return response
-        if route == "direct":
-            return self._direct(params[0])
         key = handler.headers.get("x-api-key")
         if key is None:
             return _error(401, "unauthorized", "missing x-api-key header")
@@ -954,9 +960,11 @@ class FakePlaymentServer:
         response.headers.append(("Location", self._sign(blob_id, self.signed_url_ttl)))
         return response
 
-    def _direct(self, name: str) -> _Response:
+    def _direct(self, method: str, name: str) -> _Response:
+        if method not in ("GET", "HEAD"):
+            return _Response(405, b"405 Method Not Allowed", "text/plain")
         with self._lock:
-            blob_id = self._url_to_blob.get(f"{self._url}/direct/{urllib.parse.quote(name)}")
+            blob_id = self._url_to_blob.get(f"{self.storage_url}/direct/{urllib.parse.quote(name)}")
             blob = self._blobs.get(blob_id) if blob_id else None
         if blob is None:
             return _Response(404, b"404 Not Found", "text/plain")
