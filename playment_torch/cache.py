@@ -404,9 +404,7 @@ class ArrayCache:
         ConfigError: ``size_limit`` is not positive.
     """
 
-    def __init__(
-        self, directory: str | os.PathLike[str] | None = None, *, size_limit: int | None = None
-    ) -> None:
+    def __init__(self, directory: str | os.PathLike[str] | None = None, *, size_limit: int | None = None) -> None:
         if size_limit is not None and size_limit <= 0:
             raise ConfigError(f"size_limit must be a positive number of bytes or None, not {size_limit!r}")
         self.directory = Path(directory).expanduser() if directory is not None else default_cache_dir()
@@ -551,9 +549,7 @@ class ArrayCache:
             stacklevel=2,
         )
 
-    def _call(
-        self, what: str, operation: Callable[[diskcache.Cache], _T], *, check_stale: bool = True
-    ) -> _T:
+    def _call(self, what: str, operation: Callable[[diskcache.Cache], _T], *, check_stale: bool = True) -> _T:
         """Run one diskcache operation, rebuilding a damaged database once and wrapping every failure.
 
         Args:

@@ -22,6 +22,7 @@ API key. URLs are stripped of their query strings by :func:`redact_url` before t
 from __future__ import annotations
 
 import urllib.parse
+from typing import Any
 
 __all__ = [
     "APIError",
@@ -184,9 +185,10 @@ class FrameError(PlaymentError):
     def __reduce__(self) -> tuple[type, tuple[str], dict[str, str]]:
         return type(self), (self.reason,), {"job_id": self.job_id, "frame_id": self.frame_id}
 
-    def __setstate__(self, state: dict[str, str]) -> None:
-        self.__dict__.update(state)
-        Exception.__init__(self, f"job {self.job_id}, frame {self.frame_id}: {self.reason}" if self.job_id else self.reason)
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        self.__dict__.update(state or {})
+        text = f"job {self.job_id}, frame {self.frame_id}: {self.reason}" if self.job_id else self.reason
+        Exception.__init__(self, text)
 
 
 class PlaymentFormatError(PlaymentError, ValueError):

@@ -610,7 +610,7 @@ START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else 
 
 
 def test_get_or_create_two_processes_create_once(cache: ArrayCache) -> None:
-    context = multiprocessing.get_context(START_METHOD)
+    context: Any = multiprocessing.get_context(START_METHOD)
     counter = context.Value("i", 0)
     barrier = context.Barrier(2)
     results = context.Queue()

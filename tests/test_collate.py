@@ -61,6 +61,7 @@ def test_single_sample(n: int) -> None:
     assert batch.offsets.tolist() == [0, n]
     assert batch.batch_index.tolist() == [0] * n
     assert torch.equal(batch.points, sample.points) and batch.points.shape == (n, 4)
+    assert isinstance(batch.poses, torch.Tensor) and isinstance(batch.intrinsics, torch.Tensor)
     assert torch.equal(batch.poses, sample.poses.unsqueeze(0))
     assert torch.equal(batch.intrinsics, sample.intrinsics.unsqueeze(0))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fast_client
 
 from playment_torch.dataset import PlaymentSegmentationDataset
 from playment_torch.errors import (
@@ -21,8 +22,6 @@ from playment_torch.errors import (
 from playment_torch.formats.masks import encode_mask
 from playment_torch.testing.server import FakePlaymentServer
 from playment_torch.testing.synthetic import CLASSES, SyntheticFrame, SyntheticJob, add_synthetic_project
-
-from conftest import fast_client
 
 POINTS = 10_000
 
