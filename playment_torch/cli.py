@@ -26,9 +26,7 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: the flags work before or after the command without the subcommand's default undoing them.
-    common.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks, debug logs"
-    )
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks, debug logs")
     common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
 
     parser = argparse.ArgumentParser(
@@ -72,9 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("action", choices=("info", "clear"))
     cache.add_argument("--cache-dir")
 
-    serve = commands.add_parser(
-        "serve", parents=[common], help="run the fake Playment server for your own tests"
-    )
+    serve = commands.add_parser("serve", parents=[common], help="run the fake Playment server for your own tests")
     serve.add_argument("--jobs", type=int, default=4, help="synthetic jobs (default 4)")
     serve.add_argument("--frames", type=int, default=5, help="frames per job (default 5)")
     serve.add_argument("--points", type=int, default=30_000, help="points per frame (default 30000)")
@@ -214,10 +210,7 @@ def _inspect(args: argparse.Namespace) -> None:
         share = entry["points"] / total if total else 0.0
         print(f"{entry['name']:<24}{entry['points']:>12}{share:>9.1%}{entry['frames']:>8}")
     sizes_summary = summary["points_per_frame"]
-    print(
-        f"points per frame: min {sizes_summary['min']}, median {sizes_summary['median']}, "
-        f"max {sizes_summary['max']}"
-    )
+    print(f"points per frame: min {sizes_summary['min']}, median {sizes_summary['median']}, max {sizes_summary['max']}")
     print(f"unlabeled points: {summary['unlabeled_share']:.1%}")
     print("frames per job: " + ", ".join(f"{job} {n}" for job, n in sorted(frames_per_job.items())))
 
@@ -262,8 +255,7 @@ def _serve(args: argparse.Namespace) -> None:
         print(f"project id: {server.project_id}")
         print(f"api key:    {server.api_key}")
         print(
-            "try: PLAYMENT_API_KEY=<key> playment-torch inspect "
-            f"--project {server.project_id} --base-url {server.url}",
+            f"try: PLAYMENT_API_KEY=<key> playment-torch inspect --project {server.project_id} --base-url {server.url}",
             flush=True,
         )
         deadline = None if args.duration is None else time.monotonic() + args.duration

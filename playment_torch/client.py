@@ -226,9 +226,7 @@ class PlaymentClient:
                 session = requests.Session()
                 # Never let the environment (.netrc) or a redirect add credentials behind our back.
                 session.trust_env = False
-                adapter = requests.adapters.HTTPAdapter(
-                    pool_connections=8, pool_maxsize=self.pool_size, max_retries=0
-                )
+                adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=self.pool_size, max_retries=0)
                 session.mount("http://", adapter)
                 session.mount("https://", adapter)
                 self._session = session
@@ -238,9 +236,7 @@ class PlaymentClient:
     def _is_api(self, url: str) -> bool:
         return _origin(url) == self._api_origin
 
-    def _send(
-        self, url: str, *, params: Mapping[str, str] | None = None, stream: bool = False
-    ) -> requests.Response:
+    def _send(self, url: str, *, params: Mapping[str, str] | None = None, stream: bool = False) -> requests.Response:
         """One GET, with the key only when the URL is the API's own origin, and never following redirects."""
         headers = {"Accept": "application/json"} if not stream else {}
         if self._is_api(url):
@@ -256,9 +252,7 @@ class PlaymentClient:
                 stream=stream,
             )
         except requests.RequestException as exc:
-            raise _Transient(
-                f"{type(exc).__name__} while requesting", cause=exc, from_api=self._is_api(url)
-            ) from None
+            raise _Transient(f"{type(exc).__name__} while requesting", cause=exc, from_api=self._is_api(url)) from None
 
     def _with_retries(self, what: str, url: str, attempt_once: Any) -> Any:
         """Run ``attempt_once()`` until it succeeds, retrying :class:`_Transient` failures by the policy."""
@@ -344,9 +338,7 @@ class PlaymentClient:
         seen: set[str] = set()
         path = f"/v1/projects/{_quote(project_id)}/batch/{_quote(batch_id)}"
         while True:
-            payload = self._get_json(
-                path, params={"page_token": token}, what=f"project {project_id}, batch {batch_id}"
-            )
+            payload = self._get_json(path, params={"page_token": token}, what=f"project {project_id}, batch {batch_id}")
             page = BatchPage.from_api(payload, project_id=project_id, batch_id=batch_id)
             yield from page.jobs
             token = page.next_page_token
@@ -367,9 +359,7 @@ class PlaymentClient:
         """
         _check_id("project_id", project_id)
         _check_id("job_id", job_id)
-        payload = self._get_json(
-            f"/v1/projects/{_quote(project_id)}/jobs/{_quote(job_id)}", what=f"job {job_id}"
-        )
+        payload = self._get_json(f"/v1/projects/{_quote(project_id)}/jobs/{_quote(job_id)}", what=f"job {job_id}")
         return Job.from_api(payload, project_id=project_id, job_id=job_id)
 
     def get_result_json(self, job: Job) -> Any:
@@ -381,9 +371,7 @@ class PlaymentClient:
             PlaymentFormatError: the result is not JSON.
         """
         if not job.is_completed or not job.result_url:
-            raise JobNotCompletedError(
-                job.job_id, job.status if not job.is_completed else "completed without result"
-            )
+            raise JobNotCompletedError(job.job_id, job.status if not job.is_completed else "completed without result")
         body = self.download(job.result_url)
         try:
             return json.loads(body)
@@ -450,8 +438,7 @@ class PlaymentClient:
         scheme = urllib.parse.urlsplit(url).scheme.lower()
         if scheme == "file" or not scheme:
             raise DownloadError(
-                "refusing to read a local file named by a result; "
-                "map its prefix with local_roots= if it is yours",
+                "refusing to read a local file named by a result; map its prefix with local_roots= if it is yours",
                 url=url,
             )
         if scheme in ("http", "https") and not self.is_playment_hosted(url):
@@ -522,18 +509,14 @@ class PlaymentClient:
                 if 300 <= status < 400:
                     raise DownloadError(f"unexpected redirect (HTTP {status}) from a file URL", url=url)
                 if (signed and status == 403) or self.retry.should_retry(status):
-                    raise _Transient(
-                        f"HTTP {status}", status=status, retry_after=response.headers.get("Retry-After")
-                    )
+                    raise _Transient(f"HTTP {status}", status=status, retry_after=response.headers.get("Retry-After"))
                 if status == 404:
                     raise NotFoundError("file not found", status_code=404, url=url)
                 raise DownloadError(f"HTTP {status} while downloading", url=url)
             declared = response.headers.get("Content-Length")
             expected = int(declared) if declared and declared.isdigit() else None
             if expected is not None and expected > self.max_download_bytes:
-                raise DownloadError(
-                    f"file is {expected} bytes, over the {self.max_download_bytes}-byte cap", url=url
-                )
+                raise DownloadError(f"file is {expected} bytes, over the {self.max_download_bytes}-byte cap", url=url)
             chunks = []
             size = 0
             try:
@@ -543,9 +526,7 @@ class PlaymentClient:
                         raise DownloadError(f"file exceeds the {self.max_download_bytes}-byte cap", url=url)
                     chunks.append(chunk)
             except requests.RequestException as exc:
-                raise _Transient(
-                    f"body interrupted after {size} bytes ({type(exc).__name__})", cause=exc
-                ) from None
+                raise _Transient(f"body interrupted after {size} bytes ({type(exc).__name__})", cause=exc) from None
             body = b"".join(chunks)
             encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
             if expected is not None and not encoded and len(body) != expected:
@@ -567,9 +548,7 @@ class PlaymentClient:
         try:
             size = path.stat().st_size
             if size > self.max_download_bytes:
-                raise DownloadError(
-                    f"file is {size} bytes, over the {self.max_download_bytes}-byte cap", url=url
-                )
+                raise DownloadError(f"file is {size} bytes, over the {self.max_download_bytes}-byte cap", url=url)
             return path.read_bytes()
         except OSError as exc:
             raise DownloadError(f"cannot read local file {path} ({exc.strerror})", url=url) from exc
@@ -605,9 +584,7 @@ def _is_permanent(code: str | None) -> bool:
     return code is not None and (code in _AUTH_CODES or code in _NOT_FOUND_CODES)
 
 
-def _api_error(
-    what: str, url: str, status: int | None, code: str | None, message: str, attempts: int = 1
-) -> APIError:
+def _api_error(what: str, url: str, status: int | None, code: str | None, message: str, attempts: int = 1) -> APIError:
     """Map an HTTP status and Playment error code to the right :class:`APIError` subclass."""
     kind: type[APIError] = APIError
     if code in _AUTH_CODES or status in (401, 403):

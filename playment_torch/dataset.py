@@ -407,9 +407,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         if index.legacy[position]:
             # A legacy mask is a PCD with x y z label_key: the point cloud already holds it.
             if LEGACY_LABEL_FIELD not in (points.dtype.names or ()):
-                raise PlaymentFormatError(
-                    f"{self._where(position)}: the legacy mask has no 'label_key' field"
-                )
+                raise PlaymentFormatError(f"{self._where(position)}: the legacy mask has no 'label_key' field")
             return points[LEGACY_LABEL_FIELD].astype(np.int64)
         job = index.job_of(position)
         url = index.mask_urls[position]
@@ -423,9 +421,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         )
         return self._cached_array(position, key, url, read_mask)
 
-    def _cached_array(
-        self, position: int, key: str, url: str, decode: Callable[[bytes], np.ndarray]
-    ) -> np.ndarray:
+    def _cached_array(self, position: int, key: str, url: str, decode: Callable[[bytes], np.ndarray]) -> np.ndarray:
         cached = self.cache.get_array(key)
         if cached is not None:
             self._count(hits=1)
@@ -485,9 +481,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             except PlaymentError as exc:
                 failed[position] = True
                 errors.append(exc)
-                report.failures.append(
-                    (self._index.job_of(position).job_id, self._index.frame_ids[position], str(exc))
-                )
+                report.failures.append((self._index.job_of(position).job_id, self._index.frame_ids[position], str(exc)))
 
         with (
             ThreadPoolExecutor(max(1, num_threads)) as pool,
@@ -626,9 +620,9 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             if self.refresh == "never":
                 raise CacheError(f"the result of job {job_id} is not cached")
             payload = self.client.get_result_json(job)
-            digest = hashlib.sha256(
-                json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-            ).hexdigest()[:16]
+            digest = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[
+                :16
+            ]
             cached = {"digest": digest, "result": payload}
             self.cache.put_json(result_key, cached)
         result = JobResult.from_api(cached["result"], project_id=self.project_id, job_id=job_id)

@@ -37,9 +37,7 @@ class PointNetSegmenter(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 64) -> None:
         super().__init__()
-        self.local = nn.Sequential(
-            nn.Linear(in_channels, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()
-        )
+        self.local = nn.Sequential(nn.Linear(in_channels, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())
         self.globalize = nn.Sequential(nn.Linear(width, 2 * width), nn.ReLU())
         self.head = nn.Sequential(nn.Linear(3 * width, width), nn.ReLU(), nn.Linear(width, num_classes))
 

@@ -133,9 +133,7 @@ class FrameIndex:
         self.lut_class_ids = np.zeros(0, dtype=np.int32)
 
     @classmethod
-    def build(
-        cls, project_id: str, results: Sequence[tuple[JobResult, str]], class_map: ClassMap
-    ) -> FrameIndex:
+    def build(cls, project_id: str, results: Sequence[tuple[JobResult, str]], class_map: ClassMap) -> FrameIndex:
         """Index the frames of parsed results.
 
         Args:
@@ -152,8 +150,7 @@ class FrameIndex:
         names: dict[str, int] = {}
         class_ids: dict[str, int] = {}
         columns: dict[str, list[Any]] = {
-            k: []
-            for k in ("job", "position", "legacy", "frame", "sensor", "points", "mask", "ego", "cams", "ncam")
+            k: [] for k in ("job", "position", "legacy", "frame", "sensor", "points", "mask", "ego", "cams", "ncam")
         }
         luts: list[tuple[np.ndarray, ...]] = []
         for job_number, (result, digest) in enumerate(results):
@@ -161,9 +158,7 @@ class FrameIndex:
             for entry in result.labels:
                 if entry.track_id and entry.track_id not in tracks:
                     tracks[entry.track_id] = len(tracks)
-            intrinsics = (
-                np.stack([c.matrix() for c in result.cameras]) if result.cameras else np.zeros((0, 3, 3))
-            )
+            intrinsics = np.stack([c.matrix() for c in result.cameras]) if result.cameras else np.zeros((0, 3, 3))
             index.jobs.append(JobInfo(result.job_id, digest, result.cameras, intrinsics, tuple(tracks)))
             for frame in result.frames:
                 columns["job"].append(job_number)
@@ -201,14 +196,10 @@ class FrameIndex:
         index.mask_urls = StringTable(columns["mask"])
         index.ego_poses = np.array(columns["ego"], dtype=np.float64).reshape(-1, 7)
         index.camera_poses = np.array(columns["cams"], dtype=np.float64).reshape(-1, 7)
-        index.camera_offsets = np.concatenate([[0], np.cumsum(columns["ncam"], dtype=np.int64)]).astype(
-            np.int64
-        )
+        index.camera_offsets = np.concatenate([[0], np.cumsum(columns["ncam"], dtype=np.int64)]).astype(np.int64)
         index.lut_offsets = np.concatenate([[0], np.cumsum([len(t[0]) for t in luts], dtype=np.int64)])
         index.lut_offsets = index.lut_offsets.astype(np.int64)
-        for position, name in enumerate(
-            ("lut_keys", "lut_classes", "lut_instances", "lut_names", "lut_class_ids")
-        ):
+        for position, name in enumerate(("lut_keys", "lut_classes", "lut_instances", "lut_names", "lut_class_ids")):
             dtype = np.int32 if name in ("lut_names", "lut_class_ids") else np.int64
             parts = [t[position] for t in luts]
             setattr(index, name, np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype))

@@ -110,9 +110,7 @@ class ClassMap:
         return LabelLookup(
             keys=np.array([e.label_key for e in ordered], dtype=np.int64),
             classes=np.array([self.index_of(e) for e in ordered], dtype=np.int64),
-            instances=np.array(
-                [track_ids.get(e.track_id, -1) if e.track_id else -1 for e in ordered], dtype=np.int64
-            ),
+            instances=np.array([track_ids.get(e.track_id, -1) if e.track_id else -1 for e in ordered], dtype=np.int64),
         )
 
 

@@ -497,9 +497,7 @@ def _match_sensor(entry: _Node, reference: str, metas: Sequence[_SensorMeta]) ->
     if len(by_name) == 1:
         return by_name[0]
     if len(by_name) > 1:
-        raise entry.fail(
-            f"sensor {reference!r} is ambiguous: {len(by_name)} entries of sensor_meta have that name"
-        )
+        raise entry.fail(f"sensor {reference!r} is ambiguous: {len(by_name)} entries of sensor_meta have that name")
     return None
 
 
@@ -585,9 +583,7 @@ def _parse_current(root: _Node, *, project_id: str, job_id: str) -> JobResult:
         frame_ids = [f.get("_id").string() for f in annotation_data.get("frames").items()]
         frame_nodes = [sensor_data] if sensor_data.has("sensors") else []
         if frame_nodes and len(frame_ids) == 1 and not sensor_data.has("frame_id"):
-            frame_nodes = [
-                _Node({**sensor_data.obj(), "frame_id": frame_ids[0]}, sensor_data.path, root.context)
-            ]
+            frame_nodes = [_Node({**sensor_data.obj(), "frame_id": frame_ids[0]}, sensor_data.path, root.context)]
 
     frames: list[FrameRef] = []
     skipped: list[tuple[str, str]] = []
@@ -617,9 +613,7 @@ def _parse_current(root: _Node, *, project_id: str, job_id: str) -> JobResult:
             frame_masks = next(iter(masks.values()))
         if lidar_candidates:
             mask_sensors = {sid for sid, _ in frame_masks or ()}
-            chosen = [
-                c for c in lidar_candidates if c[1] in mask_sensors or (c[0] and c[0].name in mask_sensors)
-            ]
+            chosen = [c for c in lidar_candidates if c[1] in mask_sensors or (c[0] and c[0].name in mask_sensors)]
             chosen = chosen or [c for c in lidar_candidates if c[0] is not None and c[0].primary_view]
             chosen = chosen or lidar_candidates
             _, lidar_id, lidar_url = chosen[0]
@@ -663,9 +657,7 @@ def _parse_legacy(root: _Node, *, project_id: str, job_id: str) -> JobResult:
         if not label:
             raise item.fail("legend entry has neither 'text' nor 'id'")
         entries.append(
-            LabelEntry(
-                label_key=_label_key(item.require("label_key")), label=label, class_id=item.get("id").string()
-            )
+            LabelEntry(label_key=_label_key(item.require("label_key")), label=label, class_id=item.get("id").string())
         )
     url = root.get("url").string()
     frames: tuple[FrameRef, ...] = ()

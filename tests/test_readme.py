@@ -60,7 +60,12 @@ def test_python_block_runs(number, api, monkeypatch):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        for name, value in {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        for name, value in {
+            "RANK": "0",
+            "WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }.items():
             monkeypatch.setenv(name, value)
     exec(compile(code, f"README.md python block {number}", "exec"), {"__name__": "__main__"})
 
