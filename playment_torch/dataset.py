@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import operator
-import sys
+import os
 import threading
 import time
 import warnings
@@ -142,7 +142,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         label_sweeps: Keep the labels of earlier sweeps (by default they are ``ignore_index``).
         sweep_reference: How sweeps relate, ``"shared"`` or ``"ego_pose"`` (see the module docstring).
         num_threads: Threads for resolving jobs.
-        progress: Progress bars; ``None`` shows them only on a terminal.
+        progress: ``False`` silences progress bars; otherwise they are shown on a terminal.
         cache_size_limit: Bytes the cache may use before evicting least recently used entries.
 
     Raises:
@@ -158,7 +158,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         job_ids: Iterable[str] | None = None,
         batch_ids: Iterable[str] | None = None,
         client: PlaymentClient | None = None,
-        cache_dir: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
         classes: Sequence[str] | Mapping[str, int] | None = None,
         ignore_index: int = -100,
         point_fields: Sequence[str] = ("x", "y", "z", "intensity"),
@@ -460,7 +460,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
 
         Args:
             num_threads: Concurrent downloads.
-            progress: Show a progress bar (only on a terminal when ``None``).
+            progress: Allow a progress bar (it is shown only on a terminal).
 
         Returns:
             Frames, bytes, time and failures. With ``on_error="skip"`` failing frames leave the index.
@@ -508,10 +508,10 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         return report
 
     def _bar(self, total: int, desc: str, unit: str, progress: bool | None = None) -> Any:
-        show = self.progress if progress is None else progress
-        if show is None or show:
-            show = sys.stderr.isatty() if show is None or self.progress is None else show
-        return tqdm(total=total, desc=desc, unit=unit, disable=not show or total == 0, leave=False)
+        """A progress bar, shown only on a terminal and only when neither the call nor the dataset said no."""
+        allowed = (progress is not False) and (self.progress is not False) and total > 0
+        # tqdm's disable=None means "only when writing to a terminal".
+        return tqdm(total=total, desc=desc, unit=unit, disable=None if allowed else True, leave=False)
 
     # ------------------------------------------------------------------------------------------- resolution
 
