@@ -2,16 +2,22 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_dataset.py [--repeat N] [--profile CASE ...]
+    python benchmarks/bench_dataset.py [--repeat N] [--sections a b c d] [--profile CASE ...]
+
+Takes about 75 s on the 2-core development machine. ``--profile getitem`` (or ``loader``, ``prefetch``,
+``naive``, ``index``, ``million``) prints cProfile tables of that case to stderr.
 
 Cases (each measured in a fresh subprocess, so its peak RSS is its own; the fake servers and the synthetic
 data live in this parent process and are not counted):
 
 (a) warm ``ds[i]`` on 120k-point frames (``x y z intensity``; the PCD also has ``ring``) against ``.npy``
     files of the same arrays read with ``np.load`` + ``torch.from_numpy`` (``_baseline.NpyFrames``);
-    median per-item time over all passes. Target: within 1.5x of the baseline.
+    median per-item time over all passes, the better of two alternating runs per side. Target: within 1.5x
+    of the baseline. Row (a') repeats our side with glibc's trim and mmap thresholds raised, to show how much
+    of the time is page faults on memory freed after every item (a diagnosis, not a competitor).
 (b) warm ``DataLoader(batch_size=4, collate_fn=collate_points)`` frames/s with 0 and 2 (forked, persistent)
-    workers, same baseline; best epoch of N after a warm-up epoch. No target was set; shown for comparison.
+    workers, same baseline; best of 3N epochs after a warm-up epoch, better of two alternating runs. No target
+    was set; shown for comparison.
 (c) cold ``ds.prefetch(num_threads=32)`` of 200 10k-point frames with 50 ms added to every request
     (``server.latency = 0.05``), against a naive sequential ``requests`` loop (one keep-alive session:
     attachments redirect, GET the signed URL, ``read_pcd``/``read_mask``). The naive loop runs on the first

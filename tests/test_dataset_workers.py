@@ -152,8 +152,8 @@ def test_dataset_pickles_without_sessions_or_handles_and_loads_in_a_spawned_chil
         child.join(60)
     assert child.exitcode == 0
     for i, arrays in enumerate(from_child):
-        for name, got, want in zip(first[i]._fields, arrays, first[i], strict=True):
-            np.testing.assert_array_equal(got, want.numpy(), err_msg=f"child item {i}: {name}")
+        for name, array, tensor in zip(first[i]._fields, arrays, first[i], strict=True):
+            np.testing.assert_array_equal(array, tensor.numpy(), err_msg=f"child item {i}: {name}")
     points, labels = expected_sample(project, ds.frames[0], ds.classes)
     np.testing.assert_array_equal(from_child[0][0], points)
     np.testing.assert_array_equal(from_child[0][1], labels)
@@ -223,9 +223,9 @@ def test_pickle_of_a_10000_frame_dataset_is_its_arrays_and_small(server, project
     # The pickle is the index's flat arrays plus per-job records (track ids, cameras) and a constant: no
     # per-frame Python objects, no sessions.
     assert size < index.nbytes + 2048 * len(index.jobs) + 64 * 1024
-    # Absolute bound for this (realistic) shape: 30 keys/frame of label tables (32 B per key: 9.2 MiB) plus two
-    # ~150-character URLs, three 7-float poses and ids (~0.55 KiB/frame: 5.2 MiB). See the final report: the
-    # 5 MB suggested in the brief is only reachable with a leaner index.
+    # Absolute bound for this shape (measured: 14.8 MiB): label lookup tables, 30 keys/frame at 32 B per key
+    # (9.2 MiB), two ~150-character URLs (3.3 MiB), three 7-float poses (1.6 MiB), ids and offsets. A 5 MB
+    # budget for 10,000 frames would need per-job (not per-frame) label tables and URL prefixes stored once.
     assert size < 16 * 2**20
 
     copy = pickle.loads(blob)
@@ -288,7 +288,7 @@ def _rank_main(rank: int, world: int, store: str, url: str, key: str, project_id
         dist.barrier()  # both ranks start prefetching together, so every key is contended
         report = ds.prefetch(num_threads=4, progress=False)
         dist.barrier()
-        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=5)
+        sampler: DistributedSampler[int] = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=5)
         sampler.set_epoch(1)
         indices = list(sampler)
         arrays: dict[str, np.ndarray] = {}
@@ -296,7 +296,7 @@ def _rank_main(rank: int, world: int, store: str, url: str, key: str, project_id
             sample = ds[i]
             arrays[f"points_{i}"] = sample.points.numpy()
             arrays[f"labels_{i}"] = sample.labels.numpy()
-        np.savez(Path(out) / f"rank{rank}.npz", **arrays)
+        np.savez(Path(out) / f"rank{rank}.npz", **arrays)  # type: ignore[arg-type]
         frames = [(ds.frames[i].job_id, ds.frames[i].frame_id) for i in indices]
         summary = {"indices": indices, "frames": frames, "misses": ds.stats().misses, "failures": report.failures}
         (Path(out) / f"rank{rank}.json").write_text(json.dumps(summary))
@@ -362,10 +362,10 @@ def test_threads_on_the_same_frames_download_each_file_once(server, project, tmp
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    for worker in threads:
+        worker.start()
+    for worker in threads:
+        worker.join(60)
     assert errors == []
     files = frame_files(project)
     downloads = file_downloads(server.requests, files)
