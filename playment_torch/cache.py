@@ -29,6 +29,13 @@ words or 4 KiB pages moved elsewhere (the weights: a move changes a word's weigh
 multiple of 509 words, and 509, a prime, shares no factor with the 512-word page). The header, which is small,
 has a real CRC. Changes built to cancel in both sums are not caught: this protects against accidents, not
 tampering.
+
+The payload sums are checked on the first read of an entry's file in a process; later reads of the same file
+version (same device, inode, size and modification time, from the ``fstat`` of the open file, and written at
+least two seconds before it was checked) check the header only. Every epoch after the first then costs one file read, like ``np.load``. Anything that rewrites a value
+file changes its size or modification time (and diskcache writes a new file for every new value), so damage
+done after a check is still caught on the next read; only a change that keeps all four stat fields would go
+unnoticed until the next process, which checks again.
 """
 
 from __future__ import annotations
@@ -87,6 +94,9 @@ _SUM_WIDTH = 509
 _SUM_WEIGHTS = np.arange(1, _SUM_WIDTH + 1, dtype=np.uint64)
 # Small enough for a dimension count no real array reaches, large enough to refuse a damaged header cheaply.
 _MAX_NDIM = 64
+# Entries whose payload check this process remembers (about 200 bytes each).
+_CHECKED_MAX = 1 << 20
+_SETTLED_NS = 2_000_000_000
 
 # No size limit means "never evict": diskcache's own default would silently cap the cache at 1 GiB.
 _UNBOUNDED = 1 << 62
@@ -141,11 +151,12 @@ def _dtype_from_descr(text: bytes) -> np.dtype[Any]:
     return npformat.descr_to_dtype(ast.literal_eval(text.decode("utf-8")))
 
 
-def _unframe(buffer: np.ndarray) -> tuple[int, np.ndarray | bytes]:
+def _unframe(buffer: np.ndarray, *, check_payload: bool = True) -> tuple[int, np.ndarray | bytes]:
     """Check and decode one stored entry.
 
     Args:
         buffer: The entry's bytes as a 1-D uint8 array.
+        check_payload: Verify the payload sums (the header is always checked).
 
     Returns:
         ``(kind, value)``: an array viewing ``buffer`` (zero copy) for arrays, the payload bytes for JSON.
@@ -170,7 +181,7 @@ def _unframe(buffer: np.ndarray) -> tuple[int, np.ndarray | bytes]:
     if _header_crc(view[:header_len]) != crc:
         raise _CorruptEntry("header checksum mismatch")
     words = buffer[header_len:].view("<u8")
-    if _payload_sums(words) != (plain, weighted):
+    if check_payload and _payload_sums(words) != (plain, weighted):
         raise _CorruptEntry("payload checksum mismatch")
     if kind == _KIND_JSON:
         return kind, bytes(view[header_len : header_len + length])
@@ -187,18 +198,27 @@ def _unframe(buffer: np.ndarray) -> tuple[int, np.ndarray | bytes]:
     return kind, np.ndarray(shape, dtype=dtype, buffer=buffer, offset=header_len)
 
 
-def _read_all(handle: io.BufferedIOBase) -> np.ndarray:
-    """Read an open value file into a fresh, aligned uint8 array (one ``readinto``, no intermediate bytes)."""
-    size = os.fstat(handle.fileno()).st_size
+_FileVersion = tuple[int, int, int, int]
+
+
+def _read_all(handle: io.BufferedIOBase) -> tuple[np.ndarray, _FileVersion]:
+    """Read an open value file into a fresh, aligned uint8 array (one ``readinto``, no intermediate bytes).
+
+    Returns:
+        The bytes, and the file's version: device, inode, size and modification time.
+    """
+    status = os.fstat(handle.fileno())
+    version = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+    size = status.st_size
     buffer = np.empty(size, dtype=np.uint8)
     view = buffer.data
     done = 0
     while done < size:
         count = handle.readinto(view[done:])
         if not count:
-            return buffer[:done]  # shrank under us: the frame check will call it truncated
+            return buffer[:done], version  # shrank under us: the frame check will call it truncated
         done += count
-    return buffer
+    return buffer, version
 
 
 # --- keys and location --------------------------------------------------------------------------------------
@@ -415,6 +435,7 @@ class ArrayCache:
         self._lock = threading.RLock()  # guards opening, recovery and the per-key lock table
         self._stats_lock = threading.Lock()
         self._key_locks: dict[str, list[Any]] = {}  # key -> [lock, number of holders and waiters]
+        self._checked: dict[str, _FileVersion] = {}  # key -> the value file version whose payload was checked
 
     @property
     def stats(self) -> CacheStats:
@@ -450,6 +471,7 @@ class ArrayCache:
             self._lock = threading.RLock()
             self._stats_lock = threading.Lock()
             self._key_locks = {}
+            self._checked = {}
             self._stats = CacheStats()
 
     def _current(self) -> _Handle:
@@ -596,19 +618,21 @@ class ArrayCache:
 
     # --- reads --------------------------------------------------------------------------------------------
 
-    def _read_entry(self, key: str) -> np.ndarray | None:
+    def _read_entry(self, key: str) -> tuple[np.ndarray, _FileVersion | None] | None:
         """Return the stored bytes of ``key`` as a writable uint8 array, ``None`` if absent.
+
+        The bytes come with their value file's version, or ``None`` for small values kept inside SQLite.
 
         Raises:
             _CorruptEntry: The row exists but its value file does not, or cannot be read.
         """
 
-        def fetch(cache: diskcache.Cache) -> np.ndarray | object:
+        def fetch(cache: diskcache.Cache) -> tuple[np.ndarray, _FileVersion | None] | object:
             value = cache.get(key, default=_MISSING, read=True, retry=True)
             if value is _MISSING:
                 return _MISSING
             if isinstance(value, bytes):  # small values live inside SQLite; copy so the result is writable
-                return np.frombuffer(bytearray(value), dtype=np.uint8)
+                return np.frombuffer(bytearray(value), dtype=np.uint8), None
             if not isinstance(value, io.BufferedIOBase):
                 raise _CorruptEntry(f"entry is a {type(value).__name__}, not bytes written by this module")
             try:
@@ -620,7 +644,7 @@ class ArrayCache:
         for attempt in range(_MISSING_FILE_ATTEMPTS):
             value = self._call("get", fetch, check_stale=False)
             if value is not _MISSING:
-                return cast(np.ndarray, value)
+                return cast("tuple[np.ndarray, _FileVersion | None]", value)
             # diskcache answers "missing" both for absent keys and for rows whose file vanished. Look again:
             # an overwrite of the same key deletes the old file right after its commit, and a reader that
             # selected the old row just before can find the file gone. That is churn, not damage: retry.
@@ -641,12 +665,20 @@ class ArrayCache:
             CacheError: The cache is unusable, or the entry holds the other kind of value.
         """
         try:
-            buffer = self._read_entry(key)
-            if buffer is None:
+            entry = self._read_entry(key)
+            if entry is None:
                 with self._stats_lock:
                     self._stats.misses += count_miss
                 return False, None
-            found, payload = _unframe(buffer)
+            buffer, version = entry
+            checked = version is not None and self._checked.get(key) == version
+            found, payload = _unframe(buffer, check_payload=not checked)
+            # Only a file that has been still for a while is remembered: file times tick coarsely (milliseconds),
+            # so a rewrite right after the check could otherwise keep the same modification time.
+            if version is not None and not checked and time.time_ns() - version[3] > _SETTLED_NS:
+                if len(self._checked) >= _CHECKED_MAX:
+                    self._checked.clear()  # a bound on memory; entries are simply checked again
+                self._checked[key] = version
             if found != kind:
                 raise CacheError(f"cache entry {key!r} holds {_KIND_NAMES[found]}, not {_KIND_NAMES[kind]}")
             if kind == _KIND_JSON:
@@ -656,6 +688,7 @@ class ArrayCache:
                     raise _CorruptEntry(f"undecodable JSON: {exc}") from exc
         except _CorruptEntry:
             # Damage is not an error for the caller: drop the entry and let them fetch the value again.
+            self._checked.pop(key, None)
             self._call("delete", lambda cache: cache.delete(key, retry=True))
             with self._stats_lock:
                 self._stats.corrupt += 1
@@ -833,10 +866,10 @@ class ArrayCache:
         report = VerifyReport()
         for key in self.keys():
             try:
-                buffer = self._read_entry(key)
-                if buffer is None:
+                entry = self._read_entry(key)
+                if entry is None:
                     continue  # deleted since the key snapshot
-                _unframe(buffer)
+                _unframe(entry[0])  # always the full check, whatever this process checked before
             except _CorruptEntry:
                 report.bad.append(key)
                 if repair and self.delete(key):

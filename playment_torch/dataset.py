@@ -75,8 +75,8 @@ class DatasetStats:
 
     Attributes:
         items: Samples built.
-        hits: Arrays (points or masks) served by the disk cache.
-        misses: Arrays that had to be downloaded and decoded.
+        hits: Reads the disk cache served: a finished sample counts once, a point cloud or mask once each.
+        misses: Point clouds and masks that had to be downloaded and decoded.
         bytes_downloaded: Bytes of point clouds and masks downloaded.
         download_seconds: Time spent downloading (summed over threads).
         decode_seconds: Time spent decoding PCD and mask bytes.
@@ -144,6 +144,9 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         num_threads: Threads for resolving jobs.
         progress: ``False`` silences progress bars; otherwise they are shown on a terminal.
         cache_size_limit: Bytes the cache may use before evicting least recently used entries.
+        cache_samples: Also cache each frame's finished ``(points, labels)`` (about 4 bytes per point per
+            field plus 8 per label), so that a warm ``ds[i]`` is a single read. ``False`` saves that disk space
+            and derives them from the decoded arrays on every access.
 
     Raises:
         ConfigError: an option has a wrong value.
@@ -172,6 +175,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         num_threads: int = 16,
         progress: bool | None = None,
         cache_size_limit: int | None = None,
+        cache_samples: bool = True,
     ) -> None:
         _choose("refresh", refresh, REFRESH_POLICIES)
         _choose("on_error", on_error, ON_ERROR)
@@ -206,6 +210,10 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         )
         available = {entry.label for result, _ in results for entry in result.labels}
         self.class_map = ClassMap(classes, available=available, ignore_index=self.ignore_index)
+        self.cache_samples = cache_samples
+        # What a cached sample depends on besides the frame: fields, class map, ignore index.
+        recipe = json.dumps([self.point_fields, sorted(self.class_map.mapping.items()), self.ignore_index])
+        self._sample_signature = hashlib.sha256(recipe.encode()).hexdigest()[:16]
         self._index = FrameIndex.build(project_id, results, self.class_map)
         skipped = sum(len(result.skipped_frames) for result, _ in results)
         if skipped:
@@ -311,7 +319,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         position = self._position(i)
         data = self._points_array(position)
         mask = self._mask_array(position, data)
-        return torch.from_numpy(self._index.labels(position, mask, self.ignore_index)[1])
+        return torch.from_numpy(self._index.instances_of(position, mask))
 
     def _sample(self, position: int) -> Sample:
         index = self._index
@@ -333,7 +341,19 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         )
 
     def _frame_arrays(self, position: int) -> tuple[np.ndarray, np.ndarray]:
-        """Points ``(N, C)`` float32 and labels ``(N,)`` int64 of one frame, from the cache or the network."""
+        """Points ``(N, C)`` float32 and labels ``(N,)`` int64 of one frame, from the cache or the network.
+
+        The finished pair is cached too (``cache_samples``), under a key that names the result digest, the
+        point fields and the class map: a warm ``ds[i]`` is then one read into the arrays it returns, with no
+        per-point work at all. The decoded point cloud and mask stay cached beside it, so another choice of
+        fields or classes is derived again without the network.
+        """
+        key = self._sample_key(position) if self.cache_samples else None
+        if key is not None:
+            cached = self.cache.get_array(key)
+            if cached is not None:
+                self._count(hits=1)
+                return _split_sample(cached)
         data = self._points_array(position)
         mask = self._mask_array(position, data)
         if len(mask) != len(data):
@@ -341,8 +361,24 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
                 f"{self._where(position)}: the mask has {len(mask)} label keys but the point cloud has "
                 f"{len(data)} points"
             )
-        labels, _ = self._index.labels(position, mask, self.ignore_index)
-        return self._select_fields(position, data), labels
+        # The mask is a fresh array of this call's own: mapping may overwrite it instead of allocating.
+        labels = self._index.classes_of(position, mask, self.ignore_index, consume=True)
+        points = self._select_fields(position, data)
+        if key is not None:
+            self.cache.put_array(key, _join_sample(points, labels))
+        return points, labels
+
+    def _sample_key(self, position: int) -> str:
+        index = self._index
+        job = index.job_of(position)
+        return cache_key(
+            f"sample@{job.digest}@{self._sample_signature}",
+            project_id=self.project_id,
+            job_id=job.job_id,
+            frame_id=index.frame_ids[position],
+            sensor_id=index.sensor_ids[position],
+            url=index.pointcloud_urls[position],
+        )
 
     def _accumulate(
         self, position: int, points: np.ndarray, labels: np.ndarray, reference: np.ndarray
@@ -370,8 +406,9 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         return f"job {self._index.job_of(position).job_id}, frame {self._index.frame_ids[position]}"
 
     def _select_fields(self, position: int, data: np.ndarray) -> np.ndarray:
+        """The ``point_fields`` columns of a structured array, as float32 ``(N, C)``."""
         names = data.dtype.names or ()
-        columns = []
+        chosen = []
         for wanted in self.point_fields:
             name = wanted if wanted in names else _case_insensitive(wanted, names)
             if name is None:
@@ -379,10 +416,21 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
                     f"{self._where(position)}: the point cloud has no field {wanted!r}; it has "
                     f"{', '.join(names) or 'no fields'} (choose point_fields among them)"
                 )
-            column = data[name]
-            columns.append(column.reshape(len(data), -1))
-        width = sum(c.shape[1] for c in columns)
-        out = np.empty((len(data), width), dtype=np.float32)
+            chosen.append(name)
+        fields: Mapping[str, Any] = data.dtype.fields or {}
+        offsets = [fields[name][1] for name in chosen]
+        if (
+            data.flags.c_contiguous
+            and all(fields[name][0] == np.float32 for name in chosen)
+            and offsets == list(range(offsets[0], offsets[0] + 4 * len(chosen), 4))
+        ):
+            # The common case (x y z intensity ... stored as consecutive float32): one strided copy.
+            view = np.ndarray(
+                (len(data), len(chosen)), np.float32, buffer=data, offset=offsets[0], strides=(data.itemsize, 4)
+            )
+            return view.copy()
+        columns = [data[name].reshape(len(data), -1) for name in chosen]
+        out = np.empty((len(data), sum(c.shape[1] for c in columns)), dtype=np.float32)
         at = 0
         for column in columns:
             out[:, at : at + column.shape[1]] = column
@@ -419,7 +467,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             sensor_id=index.sensor_ids[position],
             url=url,
         )
-        return self._cached_array(position, key, url, read_mask)
+        return self._cached_array(position, key, url, lambda body: _compact_keys(read_mask(body)))
 
     def _cached_array(self, position: int, key: str, url: str, decode: Callable[[bytes], np.ndarray]) -> np.ndarray:
         cached = self.cache.get_array(key)
@@ -647,6 +695,36 @@ class _FrameSequence(Sequence[FrameRef]):
         if not 0 <= i < len(self):
             raise IndexError(f"frame {i} out of range")
         return self._index.frame_ref(i)
+
+
+def _join_sample(points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One byte buffer: labels (int64, first, so they stay 8-byte aligned) then points (float32, C order)."""
+    out = np.empty(8 + labels.nbytes + points.nbytes, dtype=np.uint8)
+    out[:8].view(np.int64)[0] = points.shape[1]
+    out[8 : 8 + labels.nbytes].view(np.int64)[:] = labels
+    out[8 + labels.nbytes :].view(np.float32)[:] = points.ravel()
+    return out
+
+
+def _split_sample(buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Views of :func:`_join_sample`'s buffer: ``(points (N, C) float32, labels (N,) int64)``, no copy."""
+    columns = int(buffer[:8].view(np.int64)[0])
+    count = (buffer.size - 8) // (8 + 4 * columns)
+    labels = buffer[8 : 8 + 8 * count].view(np.int64)
+    points = buffer[8 + 8 * count :].view(np.float32).reshape(count, columns)
+    return points, labels
+
+
+def _compact_keys(keys: np.ndarray) -> np.ndarray:
+    """Label keys in the smallest integer type that holds them (masks are mostly small keys)."""
+    if keys.size == 0:
+        return keys
+    low, high = int(keys.min()), int(keys.max())
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return keys.astype(dtype)
+    return keys
 
 
 def _choose(name: str, value: str, allowed: Sequence[str]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from playment_torch.geometry import Camera, Pose
-from playment_torch.labels import ClassMap, apply_lookup
+from playment_torch.labels import ClassMap, map_keys
 from playment_torch.models import FrameRef, JobResult, LabelEntry
 
 __all__ = ["FrameIndex", "StringTable"]
@@ -72,23 +72,50 @@ def _pose_vector(pose: Pose | None) -> np.ndarray:
     return np.array((*pose.rotation, *pose.translation), dtype=np.float64)
 
 
+def _rotation_basis() -> tuple[np.ndarray, np.ndarray]:
+    """Constants that turn a unit quaternion's outer product ``q qᵀ`` into its rotation matrix, linearly.
+
+    With ``q = (w, x, y, z)``, every entry of the Hamilton rotation matrix is ``[i == j] + 2 * (a linear
+    combination of q_a q_b)``, e.g. ``R00 = 1 - 2(y² + z²)``; one matrix product then converts many poses.
+    """
+    w, x, y, z = range(4)
+    terms = {
+        (0, 0): [(-2, y, y), (-2, z, z)],
+        (0, 1): [(2, x, y), (-2, w, z)],
+        (0, 2): [(2, x, z), (2, w, y)],
+        (1, 0): [(2, x, y), (2, w, z)],
+        (1, 1): [(-2, x, x), (-2, z, z)],
+        (1, 2): [(2, y, z), (-2, w, x)],
+        (2, 0): [(2, x, z), (-2, w, y)],
+        (2, 1): [(2, y, z), (2, w, x)],
+        (2, 2): [(-2, x, x), (-2, y, y)],
+    }
+    basis = np.zeros((16, 9))
+    for (row, column), products in terms.items():
+        for factor, a, b in products:
+            basis[4 * a + b, 3 * row + column] += factor
+    return basis, np.eye(3).ravel()
+
+
+_BASIS, _IDENTITY = _rotation_basis()
+
+
 def pose_matrices(vectors: np.ndarray) -> np.ndarray:
-    """``(M, 7)`` pose vectors ``(w, x, y, z, tx, ty, tz)`` -> ``(M, 4, 4)`` matrices (NaN rows stay NaN)."""
-    w, x, y, z = (vectors[:, i] for i in range(4))
-    out = np.zeros((len(vectors), 4, 4), dtype=np.float64)
-    # Quaternions were normalised when parsed; this is the standard Hamilton rotation matrix.
-    out[:, 0, 0] = 1 - 2 * (y * y + z * z)
-    out[:, 0, 1] = 2 * (x * y - w * z)
-    out[:, 0, 2] = 2 * (x * z + w * y)
-    out[:, 1, 0] = 2 * (x * y + w * z)
-    out[:, 1, 1] = 1 - 2 * (x * x + z * z)
-    out[:, 1, 2] = 2 * (y * z - w * x)
-    out[:, 2, 0] = 2 * (x * z - w * y)
-    out[:, 2, 1] = 2 * (y * z + w * x)
-    out[:, 2, 2] = 1 - 2 * (x * x + y * y)
+    """``(M, 7)`` pose vectors ``(w, x, y, z, tx, ty, tz)`` -> ``(M, 4, 4)`` matrices (NaN rows stay NaN).
+
+    Quaternions were normalised when parsed. This runs on every ``ds[i]``, so it is two numpy operations
+    rather than one per matrix entry.
+    """
+    count = len(vectors)
+    quaternions = vectors[:, :4]
+    outer = (quaternions[:, :, None] * quaternions[:, None, :]).reshape(count, 16)
+    out = np.zeros((count, 4, 4))
+    out[:, :3, :3] = (outer @ _BASIS + _IDENTITY).reshape(count, 3, 3)
     out[:, :3, 3] = vectors[:, 4:7]
     out[:, 3, 3] = 1.0
-    out[np.isnan(vectors).any(axis=1)] = np.nan
+    unknown = np.isnan(vectors).any(axis=1)
+    if unknown.any():
+        out[unknown] = np.nan
     return out
 
 
@@ -211,16 +238,16 @@ class FrameIndex:
     def job_of(self, i: int) -> JobInfo:
         return self.jobs[int(self.frame_job[i])]
 
-    def labels(self, i: int, mask: np.ndarray, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Class indices and instance ids of frame ``i``'s label keys."""
+    def classes_of(self, i: int, mask: np.ndarray, ignore_index: int, *, consume: bool = False) -> np.ndarray:
+        """Class indices of frame ``i``'s label keys (``consume=True`` lets the mask be overwritten)."""
         start, stop = self.lut_offsets[i], self.lut_offsets[i + 1]
-        return apply_lookup(
-            self.lut_keys[start:stop],
-            self.lut_classes[start:stop],
-            self.lut_instances[start:stop],
-            mask,
-            ignore_index,
-        )
+        scratch = mask if consume and mask.flags.writeable and mask.dtype == np.int64 else None
+        return map_keys(self.lut_keys[start:stop], self.lut_classes[start:stop], mask, ignore_index, scratch=scratch)
+
+    def instances_of(self, i: int, mask: np.ndarray) -> np.ndarray:
+        """Instance ids (index into the job's tracks, -1 for none) of frame ``i``'s label keys."""
+        start, stop = self.lut_offsets[i], self.lut_offsets[i + 1]
+        return map_keys(self.lut_keys[start:stop], self.lut_instances[start:stop], mask, -1)
 
     def poses(self, i: int) -> np.ndarray:
         """``(1 + K, 4, 4)``: the ego pose, then one pose per camera (NaN when the frame does not give it)."""

@@ -140,23 +140,39 @@ def apply_lookup(
 ) -> tuple[np.ndarray, np.ndarray]:
     """See :meth:`LabelLookup.apply`; works on the flat arrays the dataset index stores."""
     mask = np.asarray(mask, dtype=np.int64)
+    return map_keys(keys, classes, mask, ignore_index), map_keys(keys, instances, mask, -1)
+
+
+_INT64_MIN = int(np.iinfo(np.int64).min)
+
+
+def map_keys(
+    keys: np.ndarray, values: np.ndarray, mask: np.ndarray, fill: int, *, scratch: np.ndarray | None = None
+) -> np.ndarray:
+    """Map every label key of ``mask`` to its value; keys not in ``keys`` get ``fill``. Vectorised.
+
+    Args:
+        keys: Sorted int64 label keys.
+        values: int64 value of each key.
+        mask: Integer label keys, one per point (any integer dtype; the arithmetic is int64).
+        fill: The value of keys that are not in ``keys``.
+        scratch: An int64 array like ``mask`` that may be overwritten (saves one allocation on the hot path;
+            pass ``mask`` itself when it is not needed afterwards).
+
+    Returns:
+        A new int64 array like ``mask``.
+    """
     if keys.size == 0:
-        return np.full(mask.shape, ignore_index, dtype=np.int64), np.full(mask.shape, -1, dtype=np.int64)
+        return np.full(mask.shape, fill, dtype=np.int64)
     lo, hi = int(keys[0]), int(keys[-1])
-    if hi - lo < 65536:
-        # Keys are small integers in practice: a dense table is one gather, several times faster than a
-        # search.
-        dense_classes = np.full(hi - lo + 2, ignore_index, dtype=np.int64)
-        dense_instances = np.full(hi - lo + 2, -1, dtype=np.int64)
-        dense_classes[keys - lo] = classes
-        dense_instances[keys - lo] = instances
-        # Out-of-range keys point at the extra last slot, which no annotation fills (compared before
-        # subtracting, so extreme int64 keys cannot wrap around into range).
-        slot = np.where((mask >= lo) & (mask <= hi), mask - lo, hi - lo + 1)
-        return dense_classes[slot], dense_instances[slot]
+    if hi - lo < 65536 and lo != _INT64_MIN:
+        # Keys are small integers in practice: one subtraction and one gather from a dense table whose first
+        # and last slots hold `fill`. mode="clip" sends every key below `lo` to the first slot and every key
+        # above `hi` to the last; int64 wrap-around of the subtraction can only land outside the table's
+        # middle (|key - lo| would have to exceed 2**63 - 65536), so it is clipped the same way.
+        table = np.full(hi - lo + 3, fill, dtype=np.int64)
+        table[keys - (lo - 1)] = values
+        offsets = np.subtract(mask, lo - 1, out=scratch, dtype=np.int64)
+        return np.take(table, offsets, mode="clip")
     position = np.searchsorted(keys, mask).clip(0, keys.size - 1)
-    found = keys[position] == mask
-    return (
-        np.where(found, classes[position], ignore_index),
-        np.where(found, instances[position], -1),
-    )
+    return np.where(keys[position] == mask, values[position], fill)

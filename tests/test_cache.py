@@ -734,3 +734,51 @@ def _files_by_key(cache: ArrayCache, keys: list[str]) -> dict[str, Path]:
         cache.put_array(key, marker)
         (found[key],) = [p for p in value_files(cache.directory) if _holds(p, marker)]
     return found
+
+
+def _flip_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_payload_check_is_remembered_only_for_a_settled_file_version(cache: ArrayCache, monkeypatch) -> None:
+    array = np.arange(100_000, dtype=np.float32)
+    cache.put_array("k", array)
+    (path,) = value_files(cache.directory)
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    sums = []
+    real = cache_module._payload_sums
+    monkeypatch.setattr(cache_module, "_payload_sums", lambda words: sums.append(1) or real(words))
+    for _ in range(3):
+        np.testing.assert_array_equal(cache.get_array("k"), array)
+    assert len(sums) == 1, "a settled file's payload is checked once per process"
+    # Any rewrite gives the file a new modification time: the next read checks the payload again.
+    _flip_middle_byte(path)
+    assert cache.get_array("k") is None and cache.stats.corrupt == 1
+
+
+def test_a_fresh_file_is_checked_on_every_read(cache: ArrayCache) -> None:
+    array = np.arange(100_000, dtype=np.int64)
+    cache.put_array("k", array)
+    (path,) = value_files(cache.directory)
+    np.testing.assert_array_equal(cache.get_array("k"), array)
+    # Damage that keeps size and modification time (file times tick coarsely): still caught, because a file
+    # written moments ago is not trusted on its stat data.
+    status = path.stat()
+    _flip_middle_byte(path)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert cache.get_array("k") is None and cache.stats.corrupt == 1
+
+
+def test_verify_always_checks_payloads(cache: ArrayCache) -> None:
+    cache.put_array("k", np.arange(100_000, dtype=np.int64))
+    (path,) = value_files(cache.directory)
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    assert cache.get_array("k") is not None
+    status = path.stat()
+    _flip_middle_byte(path)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert cache.verify().bad == ["k"]
