@@ -32,10 +32,11 @@ tampering.
 
 The payload sums are checked on the first read of an entry's file in a process; later reads of the same file
 version (same device, inode, size and modification time, from the ``fstat`` of the open file, and written at
-least two seconds before it was checked) check the header only. Every epoch after the first then costs one file read, like ``np.load``. Anything that rewrites a value
-file changes its size or modification time (and diskcache writes a new file for every new value), so damage
-done after a check is still caught on the next read; only a change that keeps all four stat fields would go
-unnoticed until the next process, which checks again.
+least two seconds before it was checked) check the header only. Every epoch after the first then costs one
+file read, like ``np.load``. Anything that rewrites a value file changes its size or modification time (and
+diskcache writes a new file for every new value), so damage done after a check is still caught on the next
+read; only a change that keeps all four stat fields would go unnoticed until the next process, which checks
+again. ``verify()`` always checks everything.
 """
 
 from __future__ import annotations
