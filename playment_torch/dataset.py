@@ -576,9 +576,11 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
 
         outcomes: dict[str, tuple[JobResult, str] | str | PlaymentError] = {}
 
-        def resolve(job_id: str) -> None:
+        def resolve(job_id: str, network: bool = True) -> None:
             try:
-                outcomes[job_id] = self._job_result(job_id)
+                outcomes[job_id] = self._job_result(job_id, network=network)
+            except _NeedsNetwork:
+                pass
             except JobNotCompletedError as exc:
                 outcomes[job_id] = exc.status
             except CacheError as exc:
@@ -587,12 +589,17 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             except PlaymentError as exc:
                 outcomes[job_id] = exc
 
-        with (
-            ThreadPoolExecutor(self.num_threads) as pool,
-            self._bar(len(ordered), "resolving jobs", "job") as bar,
-        ):
-            for _ in pool.map(resolve, ordered):
-                bar.update(1)
+        with self._bar(len(ordered), "resolving jobs", "job") as bar:
+            if self.refresh != "always":
+                # Cached jobs first, in this thread: parsing holds the GIL, so threads would only add contention.
+                for job_id in ordered:
+                    resolve(job_id, network=False)
+                    bar.update(job_id in outcomes)
+            remote = [job_id for job_id in ordered if job_id not in outcomes]
+            if remote:
+                with ThreadPoolExecutor(self.num_threads) as pool:
+                    for _ in pool.map(resolve, remote):
+                        bar.update(1)
 
         if missing:
             shown = ", ".join(sorted(missing)[:20]) + (" ..." if len(missing) > 20 else "")
@@ -648,13 +655,23 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         )
         return list(listing or ())
 
-    def _job_result(self, job_id: str) -> tuple[JobResult, str]:
+    def _job_result(self, job_id: str, *, network: bool = True) -> tuple[JobResult, str]:
+        """One job's parsed result and its digest, under the refresh policy.
+
+        Raises:
+            _NeedsNetwork: ``network`` is false and the cache cannot answer.
+            JobNotCompletedError: the job has no result yet.
+            CacheError: ``refresh="never"`` and the job or its result is not cached.
+            PlaymentError: the API or the result failed.
+        """
         job_key = cache_key("job", project_id=self.project_id, job_id=job_id)
         cached_job = None if self.refresh == "always" else self.cache.get_json(job_key)
         if cached_job is not None:
             job = Job.from_api(cached_job, project_id=self.project_id, job_id=job_id)
         elif self.refresh == "never":
             raise CacheError(f"job {job_id} is not cached")
+        elif not network:
+            raise _NeedsNetwork
         else:
             job = self.client.get_job(self.project_id, job_id)
             if job.is_completed:
@@ -667,6 +684,8 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         if cached is None:
             if self.refresh == "never":
                 raise CacheError(f"the result of job {job_id} is not cached")
+            if not network:
+                raise _NeedsNetwork
             payload = self.client.get_result_json(job)
             digest = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[
                 :16
@@ -675,6 +694,10 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             self.cache.put_json(result_key, cached)
         result = JobResult.from_api(cached["result"], project_id=self.project_id, job_id=job_id)
         return result, str(cached["digest"])
+
+
+class _NeedsNetwork(Exception):
+    """Internal: the cache cannot answer and this pass may not use the network."""
 
 
 class _FrameSequence(Sequence[FrameRef]):

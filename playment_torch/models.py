@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from playment_torch.errors import PlaymentFormatError
 from playment_torch.geometry import Camera, Pose
@@ -509,8 +509,34 @@ def _label_key(node: _Node) -> int:
     return key
 
 
+_INT64_RANGE = range(-(2**63), 2**63)
+
+
+def _plain_entry(item: Any) -> LabelEntry | None:
+    """The label entry of a well-formed annotation, without path bookkeeping; ``None`` for anything unusual.
+
+    Results hold thousands of annotations and a 2,000-job project is indexed from its cached results on every
+    start, so the common shape is read directly. Everything else (and every error) takes the validating path,
+    which gives the same entry or names the JSON path of the problem.
+    """
+    if type(item) is not dict:
+        return None
+    key, label = item.get("label_key"), item.get("label")
+    if type(key) is not int or key not in _INT64_RANGE or type(label) is not str or not label:
+        return None
+    fields = [item.get(name) for name in ("class_id", "track_id", "frame_id")]
+    if not all(value is None or type(value) is str for value in fields):
+        return None
+    class_id, track_id, frame_id = (value or "" for value in fields)
+    return LabelEntry(label_key=key, label=label, class_id=class_id, track_id=track_id, frame_id=frame_id)
+
+
 def _label_entries(node: _Node) -> list[LabelEntry]:
     entries = []
+    if isinstance(node.value, list):
+        plain = [_plain_entry(item) for item in node.value]
+        if all(entry is not None for entry in plain):
+            return cast("list[LabelEntry]", plain)
     for item in node.items():
         key_node = item.get("label_key")
         if key_node.value is None:

@@ -1011,3 +1011,28 @@ def test_malformed_api_payloads(parse_it: Callable[[], Any], expected: str) -> N
     with pytest.raises(PlaymentFormatError) as info:
         parse_it()
     assert expected in str(info.value)
+
+
+_annotation = st.fixed_dictionaries(
+    {
+        "label_key": st.integers(-(2**63), 2**63 - 1),
+        "label": st.text(min_size=1, max_size=8),
+    },
+    optional={
+        "class_id": st.one_of(st.none(), st.text(max_size=8)),
+        "track_id": st.one_of(st.none(), st.text(max_size=8)),
+        "frame_id": st.one_of(st.none(), st.text(max_size=3)),
+        "text": st.text(max_size=8),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_annotation, max_size=20))
+def test_fast_annotation_path_equals_the_validating_path(annotations: list[dict]) -> None:
+    from playment_torch.models import _label_entries, _Node
+
+    fast = _label_entries(_Node(annotations, "annotation_data.annotations", "job j"))
+    # An annotation without a key is skipped, and sends the whole list through the validating path.
+    slow = _label_entries(_Node([*annotations, {"label_key": None}], "annotation_data.annotations", "job j"))
+    assert fast == slow
