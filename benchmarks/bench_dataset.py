@@ -288,7 +288,7 @@ def tile_index(chunk: Any, times: int) -> Any:
     out = FrameIndex()
     out.project_id = chunk.project_id
     out.jobs = chunk.jobs * times  # JobInfo objects are per job, not per frame; shared here
-    out.label_names, out.class_ids = chunk.label_names, chunk.class_ids
+    out.labels_table = chunk.labels_table
     out.frame_job = np.concatenate([chunk.frame_job + k * len(chunk.jobs) for k in range(times)]).astype(np.int32)
     luts = [n for n in vars(chunk) if n.startswith("lut_") and n != "lut_offsets"]
     for name in ["frame_position", "legacy", "ego_poses", "camera_poses", *luts]:

@@ -101,7 +101,7 @@ class PrefetchReport:
 
     Attributes:
         frames: Frames checked.
-        downloaded: Frames that needed a download (the others were cached).
+        downloaded: Frames that needed a download (the others were in the cache already).
         bytes_downloaded: Bytes downloaded.
         seconds: Wall time.
         failures: ``(job_id, frame_id, message)`` of frames that failed.
@@ -203,6 +203,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         self.cache = ArrayCache(cache_dir, size_limit=cache_size_limit)
         self._stats = DatasetStats()
         self._stats_lock = threading.Lock()
+        self._per_thread = threading.local()
         self._warned: set[int] = set()
 
         results = self._resolve(
@@ -256,6 +257,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         # Workers get the index and the configuration; sessions, locks and databases reopen in each process.
         state = self.__dict__.copy()
         del state["_stats_lock"]
+        del state["_per_thread"]
         state["_stats"] = DatasetStats()
         state["_warned"] = set()
         return state
@@ -263,6 +265,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._stats_lock = threading.Lock()
+        self._per_thread = threading.local()
 
     def cameras(self, i: int) -> tuple[Camera, ...]:
         """The cameras of item ``i``'s job, in ``sensor_meta`` order (models, distortion, scale factors)."""
@@ -277,6 +280,12 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         with self._stats_lock:
             for name, delta in deltas.items():
                 setattr(self._stats, name, getattr(self._stats, name) + delta)
+        if "misses" in deltas:
+            self._per_thread.misses = self._thread_misses() + int(deltas["misses"])
+
+    def _thread_misses(self) -> int:
+        """Downloads made by the calling thread (prefetch tells frames that needed one from cached ones)."""
+        return int(getattr(self._per_thread, "misses", 0))
 
     def _position(self, i: int) -> int:
         i = operator.index(i)
@@ -522,14 +531,18 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         failed = np.zeros(len(self), dtype=bool)
         errors: list[PlaymentError] = []
 
+        downloaded = np.zeros(len(self), dtype=bool)
+
         def load(position: int) -> None:
+            # Downloads happen in this thread (get_or_create runs the download in its caller): count them here.
+            before = self._thread_misses()
             try:
-                data = self._points_array(position)
-                self._mask_array(position, data)
+                self._frame_arrays(position)  # the finished sample too, so that the first epoch is warm
             except PlaymentError as exc:
                 failed[position] = True
                 errors.append(exc)
                 report.failures.append((self._index.job_of(position).job_id, self._index.frame_ids[position], str(exc)))
+            downloaded[position] = self._thread_misses() > before
 
         with (
             ThreadPoolExecutor(max(1, num_threads)) as pool,
@@ -538,7 +551,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             for _ in pool.map(load, range(len(self))):
                 bar.update(1)
         after = self.stats()
-        report.downloaded = after.misses - before.misses
+        report.downloaded = int(downloaded.sum())
         report.bytes_downloaded = after.bytes_downloaded - before.bytes_downloaded
         report.seconds = time.perf_counter() - started
         report.failures.sort()

@@ -21,6 +21,7 @@ from playment_torch.models import FrameRef, JobResult, LabelEntry
 __all__ = ["FrameIndex", "StringTable"]
 
 _NAN_POSE = np.full(7, np.nan)
+_LUT_COLUMNS = ("lut_keys", "lut_classes", "lut_instances", "lut_labels")
 
 
 class StringTable(Sequence[str]):
@@ -139,8 +140,8 @@ class FrameIndex:
     def __init__(self) -> None:
         self.project_id = ""
         self.jobs: list[JobInfo] = []
-        self.label_names: tuple[str, ...] = ()
-        self.class_ids: tuple[str, ...] = ()
+        # Distinct (label, class id) pairs of every annotation, referred to by lut_labels.
+        self.labels_table: tuple[tuple[str, str], ...] = ()
         self.frame_job = np.zeros(0, dtype=np.int32)
         self.frame_position = np.zeros(0, dtype=np.int32)
         self.legacy = np.zeros(0, dtype=bool)
@@ -154,10 +155,9 @@ class FrameIndex:
         # Label lookup tables, one run of rows per frame.
         self.lut_offsets = np.zeros(1, dtype=np.int64)
         self.lut_keys = np.zeros(0, dtype=np.int64)
-        self.lut_classes = np.zeros(0, dtype=np.int64)
-        self.lut_instances = np.zeros(0, dtype=np.int64)
-        self.lut_names = np.zeros(0, dtype=np.int32)
-        self.lut_class_ids = np.zeros(0, dtype=np.int32)
+        self.lut_classes = np.zeros(0, dtype=np.int32)
+        self.lut_instances = np.zeros(0, dtype=np.int32)
+        self.lut_labels = np.zeros(0, dtype=np.int32)
 
     @classmethod
     def build(cls, project_id: str, results: Sequence[tuple[JobResult, str]], class_map: ClassMap) -> FrameIndex:
@@ -174,8 +174,7 @@ class FrameIndex:
         """
         index = cls()
         index.project_id = project_id
-        names: dict[str, int] = {}
-        class_ids: dict[str, int] = {}
+        pairs: dict[tuple[str, str], int] = {}
         columns: dict[str, list[Any]] = {
             k: [] for k in ("job", "position", "legacy", "frame", "sensor", "points", "mask", "ego", "cams", "ncam")
         }
@@ -198,22 +197,11 @@ class FrameIndex:
                 columns["ego"].append(_pose_vector(frame.ego_pose))
                 columns["cams"].extend(_pose_vector(p) for p in frame.camera_poses)
                 columns["ncam"].append(len(frame.camera_poses))
-                lookup = class_map.lookup(frame.labels, tracks)
                 ordered = sorted(frame.labels, key=lambda e: e.label_key)
-                luts.append(
-                    (
-                        lookup.keys,
-                        lookup.classes,
-                        lookup.instances,
-                        np.array([names.setdefault(e.label, len(names)) for e in ordered], dtype=np.int32),
-                        np.array(
-                            [class_ids.setdefault(e.class_id, len(class_ids)) for e in ordered],
-                            dtype=np.int32,
-                        ),
-                    )
-                )
-        index.label_names = tuple(names)
-        index.class_ids = tuple(class_ids)
+                lookup = class_map.lookup(ordered, tracks)
+                labels = [pairs.setdefault((e.label, e.class_id), len(pairs)) for e in ordered]
+                luts.append((lookup.keys, lookup.classes, lookup.instances, np.array(labels, dtype=np.int64)))
+        index.labels_table = tuple(pairs)
         index.frame_job = np.array(columns["job"], dtype=np.int32)
         index.frame_position = np.array(columns["position"], dtype=np.int32)
         index.legacy = np.array(columns["legacy"], dtype=bool)
@@ -226,8 +214,9 @@ class FrameIndex:
         index.camera_offsets = np.concatenate([[0], np.cumsum(columns["ncam"], dtype=np.int64)]).astype(np.int64)
         index.lut_offsets = np.concatenate([[0], np.cumsum([len(t[0]) for t in luts], dtype=np.int64)])
         index.lut_offsets = index.lut_offsets.astype(np.int64)
-        for position, name in enumerate(("lut_keys", "lut_classes", "lut_instances", "lut_names", "lut_class_ids")):
-            dtype = np.int32 if name in ("lut_names", "lut_class_ids") else np.int64
+        # Keys stay int64 (any integer Playment sends); the rest fits int32, which keeps a big index small.
+        for position, name in enumerate(_LUT_COLUMNS):
+            dtype = np.int64 if name == "lut_keys" else np.int32
             parts = [t[position] for t in luts]
             setattr(index, name, np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype))
         return index
@@ -262,8 +251,8 @@ class FrameIndex:
         labels = tuple(
             LabelEntry(
                 label_key=int(self.lut_keys[r]),
-                label=self.label_names[self.lut_names[r]],
-                class_id=self.class_ids[self.lut_class_ids[r]],
+                label=self.labels_table[self.lut_labels[r]][0],
+                class_id=self.labels_table[self.lut_labels[r]][1],
                 track_id=job.tracks[self.lut_instances[r]] if self.lut_instances[r] >= 0 else "",
                 frame_id=frame_id,
             )
@@ -297,8 +286,7 @@ class FrameIndex:
         out = FrameIndex()
         out.project_id = self.project_id
         out.jobs = self.jobs
-        out.label_names = self.label_names
-        out.class_ids = self.class_ids
+        out.labels_table = self.labels_table
         out.frame_job = self.frame_job[rows]
         out.frame_position = self.frame_position[rows]
         out.legacy = self.legacy[rows]
@@ -312,7 +300,7 @@ class FrameIndex:
         out.camera_offsets = _offsets_of(self.camera_offsets, rows)
         lut_rows = _ranges(self.lut_offsets, rows)
         out.lut_offsets = _offsets_of(self.lut_offsets, rows)
-        for name in ("lut_keys", "lut_classes", "lut_instances", "lut_names", "lut_class_ids"):
+        for name in _LUT_COLUMNS:
             setattr(out, name, getattr(self, name)[lut_rows])
         return out
 

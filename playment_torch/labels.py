@@ -153,7 +153,7 @@ def map_keys(
 
     Args:
         keys: Sorted int64 label keys.
-        values: int64 value of each key.
+        values: The integer value of each key.
         mask: Integer label keys, one per point (any integer dtype; the arithmetic is int64).
         fill: The value of keys that are not in ``keys``.
         scratch: An int64 array like ``mask`` that may be overwritten (saves one allocation on the hot path;
@@ -175,4 +175,4 @@ def map_keys(
         offsets = np.subtract(mask, lo - 1, out=scratch, dtype=np.int64)
         return np.take(table, offsets, mode="clip")
     position = np.searchsorted(keys, mask).clip(0, keys.size - 1)
-    return np.where(keys[position] == mask, values[position], fill)
+    return np.where(keys[position] == mask, values[position], fill).astype(np.int64, copy=False)
