@@ -14,6 +14,9 @@ Choices where the issue is silent (also in the README):
 * With ``on_error="skip"`` a job that fails to resolve is left out at construction; a frame that fails to load
   in ``ds[i]`` is replaced by the next frame that loads (the length of a map-style dataset cannot change under a
   running DataLoader), with one warning per frame; :meth:`prefetch` removes failing frames from the index.
+* Warm items are one read: each frame's finished ``(points, labels)`` is cached beside the decoded point cloud
+  and mask (``cache_samples=True``), keyed by the result digest, the point fields and the class map; the
+  decoded arrays stay, so other fields or classes are derived again without the network.
 * Multi-sweep (``sweeps=k``): ``sweep_reference="shared"`` (the default, Playment's rule that a job's point
   clouds and poses share one frame of reference) moves nothing between sweeps; ``"ego_pose"`` treats each cloud
   as being in its own ego/lidar frame with ``ego_pose`` its pose in a shared world, and moves sweep ``j`` by
@@ -199,6 +202,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         self.sweep_reference = sweep_reference
         self.num_threads = max(1, int(num_threads))
         self.progress = progress
+        self.cache_samples = cache_samples
         self._client = client
         self.cache = ArrayCache(cache_dir, size_limit=cache_size_limit)
         self._stats = DatasetStats()
@@ -211,7 +215,6 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         )
         available = {entry.label for result, _ in results for entry in result.labels}
         self.class_map = ClassMap(classes, available=available, ignore_index=self.ignore_index)
-        self.cache_samples = cache_samples
         # What a cached sample depends on besides the frame: fields, class map, ignore index.
         recipe = json.dumps([self.point_fields, sorted(self.class_map.mapping.items()), self.ignore_index])
         self._sample_signature = hashlib.sha256(recipe.encode()).hexdigest()[:16]
@@ -323,8 +326,15 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         raise PlaymentError("on_error='skip': no frame of the dataset could be loaded")
 
     def instances(self, i: int) -> torch.Tensor:
-        """Per-point instance ids of item ``i``'s key frame (from ``track_id``, stable across a job's frames;
-        -1 where a point has no track)."""
+        """Per-point instance ids of item ``i``, for panoptic work.
+
+        Args:
+            i: The item.
+
+        Returns:
+            int64 ``(N,)`` in point order: an index into the job's tracks (``ds.index.job_of(i).tracks``), the
+            same for an object in every frame of its job; -1 where a point belongs to no track.
+        """
         position = self._position(i)
         data = self._points_array(position)
         mask = self._mask_array(position, data)
