@@ -39,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", parents=[common], help="train and evaluate on a synthetic project served locally (no account)"
     )
-    demo.add_argument("--epochs", type=int, default=6, help="training epochs (default 6)")
-    demo.add_argument("--frames", type=int, default=24, help="frames in the synthetic project (default 24)")
+    demo.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    demo.add_argument("--frames", type=int, default=32, help="frames in the synthetic project (default 32)")
     demo.add_argument("--points", type=int, default=20_000, help="points per frame (default 20000)")
     demo.add_argument("--cache-dir", help="cache folder (default: a temporary one)")
     demo.add_argument("--seed", type=int, default=0)

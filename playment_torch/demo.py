@@ -76,8 +76,8 @@ class DemoResult:
 
 def run_demo(
     *,
-    epochs: int = 6,
-    frames: int = 24,
+    epochs: int = 12,
+    frames: int = 32,
     points_per_frame: int = 20_000,
     cache_dir: str | Path | None = None,
     seed: int = 0,
