@@ -14,7 +14,9 @@ import statistics
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from playment_torch.cache import ArrayCache, default_cache_dir
@@ -125,6 +127,9 @@ def _dataset(args: argparse.Namespace, **options: Any) -> Any:
     from playment_torch.dataset import PlaymentSegmentationDataset
 
     refresh = options.pop("refresh", "if_missing")
+    # The shell's commands do not know a training script's point fields: cache the decoded arrays only, from
+    # which any training run derives its finished samples.
+    options.setdefault("cache_samples", False)
     client = None
     if refresh != "never":
         client = PlaymentClient(base_url=args.base_url or DEFAULT_BASE_URL)
@@ -156,10 +161,14 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _prefetch(args: argparse.Namespace) -> None:
     dataset = _dataset(args, point_fields=("x", "y", "z"), on_error="skip")
-    report = dataset.prefetch(num_threads=args.threads, progress=not args.quiet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the failures are listed below, one line each
+        report = dataset.prefetch(num_threads=args.threads, progress=not args.quiet)
     print(f"project {args.project}: {len(dataset.index.jobs)} jobs, {report}")
     for job_id, frame_id, message in report.failures:
         print(f"  failed: job {job_id}, frame {frame_id}: {_one_line(message)}")
+    if report.failures:
+        raise PlaymentError(f"{len(report.failures)} frames could not be prefetched (listed above)")
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -172,7 +181,10 @@ def _inspect(args: argparse.Namespace) -> None:
     frames_per_job: dict[str, int] = {}
     sizes = []
     unlabeled = 0
-    for i in range(len(dataset)):
+    from tqdm.auto import tqdm
+
+    # disable=None: a bar on a terminal only.
+    for i in tqdm(range(len(dataset)), desc="inspect", unit="frame", disable=True if args.quiet else None, leave=False):
         sample = dataset[i]
         labels = sample.labels.numpy()
         known = labels[labels != dataset.ignore_index]
@@ -215,8 +227,16 @@ def _inspect(args: argparse.Namespace) -> None:
     print("frames per job: " + ", ".join(f"{job} {n}" for job, n in sorted(frames_per_job.items())))
 
 
+def _existing_cache(args: argparse.Namespace) -> ArrayCache:
+    """The cache to look at; one that does not exist is not created just to be looked at."""
+    directory = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    if not directory.is_dir():
+        raise PlaymentError(f"no cache at {directory}")
+    return ArrayCache(directory)
+
+
 def _verify(args: argparse.Namespace) -> None:
-    cache = ArrayCache(args.cache_dir)
+    cache = _existing_cache(args)
     report = cache.verify(repair=args.repair)
     print(f"cache {cache.directory}: {report.checked} entries checked, {len(report.bad)} bad")
     for key in report.bad:
@@ -233,7 +253,7 @@ class _CacheDamaged(PlaymentError):
 
 
 def _cache(args: argparse.Namespace) -> None:
-    cache = ArrayCache(args.cache_dir)
+    cache = _existing_cache(args)
     if args.action == "info":
         print(f"cache {cache.directory}: {len(cache)} entries, {cache.volume() / 2**20:.1f} MiB")
     else:

@@ -56,6 +56,13 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _RETRY_CODES = frozenset({"FS_0000", "FS_0008", "api_error"})
 _AUTH_CODES = frozenset({"auth-failure", "unauthorized", "authentication_error", "forbidden"})
 _NOT_FOUND_CODES = frozenset({"FS_0006", "not_found", "not-found"})
+# Failures worth a retry; other request errors (an invalid URL or header) fail at once.
+_TRANSIENT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
 _RATE_CODES = frozenset({"rate_limit", "rate-limit", "too_many_requests", "rate_limit_exceeded"})
 
 
@@ -165,8 +172,12 @@ class PlaymentClient:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if not key or not key.strip():
             raise ConfigError(f"no Playment API key: pass api_key= or set {API_KEY_ENV}")
-        self._api_key = key.strip()
-        parts = urllib.parse.urlsplit(base_url.rstrip("/"))
+        key = key.strip()
+        if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+            # An HTTP header cannot carry it, and the error requests would raise quotes the header value.
+            raise ConfigError("the Playment API key has characters an API key cannot have (whitespace, non-ASCII)")
+        self._api_key = key
+        parts = _split(base_url.rstrip("/"), ConfigError("base_url is not a valid URL"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"base_url must be an http(s) URL, got {redact_url(base_url)!r}")
         if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
@@ -251,8 +262,11 @@ class PlaymentClient:
                 allow_redirects=False,
                 stream=stream,
             )
-        except requests.RequestException as exc:
+        except _TRANSIENT_ERRORS as exc:
             raise _Transient(f"{type(exc).__name__} while requesting", cause=exc, from_api=self._is_api(url)) from None
+        except requests.RequestException as exc:
+            # An invalid URL or header: retrying cannot help. The message names the type, never a header value.
+            raise DownloadError(f"request refused before sending ({type(exc).__name__})", url=url) from None
 
     def _with_retries(self, what: str, url: str, attempt_once: Any) -> Any:
         """Run ``attempt_once()`` until it succeeds, retrying :class:`_Transient` failures by the policy."""
@@ -372,7 +386,7 @@ class PlaymentClient:
         """
         if not job.is_completed or not job.result_url:
             raise JobNotCompletedError(job.job_id, job.status if not job.is_completed else "completed without result")
-        body = self.download(job.result_url)
+        body = self.download(job.result_url, private=True)
         try:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -416,13 +430,18 @@ class PlaymentClient:
         bucket = parts.path.lstrip("/").split("/", 1)[0].lower()
         return host.endswith("amazonaws.com") and bucket.startswith("playment-")
 
-    def download(self, url: str) -> bytes:
+    def download(self, url: str, *, private: bool = False) -> bytes:
         """Fetch a file's bytes: attachments-aware, retried, verified against Content-Length, size-capped.
 
         Playment-hosted URLs (and ``s3://``/``gs://`` ones) are exchanged for a signed URL at
         ``/v1/attachments``; the signed URL is fetched without the API key, and asked for again when it has
         expired (403). A user's own http(s) URLs are fetched directly. URLs under a ``local_roots`` prefix are
         read from disk.
+
+        Args:
+            url: The file's URL.
+            private: The URL names a file Playment keeps private (a job's result, a mask): always go through
+                ``/v1/attachments``, whatever its host.
 
         Raises:
             DownloadError: the file could not be fetched intact after the retries, is larger than the cap, or
@@ -435,13 +454,13 @@ class PlaymentClient:
         local = self._local_path(url)
         if local is not None:
             return self._read_local(url, local)
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        scheme = _split(url, DownloadError("malformed URL", url=url)).scheme.lower()
         if scheme == "file" or not scheme:
             raise DownloadError(
                 "refusing to read a local file named by a result; map its prefix with local_roots= if it is yours",
                 url=url,
             )
-        if scheme in ("http", "https") and not self.is_playment_hosted(url):
+        if scheme in ("http", "https") and not private and not self.is_playment_hosted(url):
             return self._with_retries(f"download {redact_url(url)}", url, lambda: self._fetch(url))
         return self._download_attachment(url)
 
@@ -557,10 +576,24 @@ class PlaymentClient:
 # ------------------------------------------------------------------------------------------- helpers
 
 
+def _split(url: str, error: PlaymentError) -> urllib.parse.SplitResult:
+    """``urlsplit`` that raises ``error`` (a library error) on a malformed URL, e.g. an unclosed ``[``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is what raises on "host:notaport"
+    except ValueError:
+        raise error from None
+    return parts
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    """``(scheme, host, port)``; a malformed URL has no origin, so it can never match the API's."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        return "", "", None
     return scheme, (parts.hostname or "").lower(), port
 
 

@@ -7,13 +7,15 @@ the frame's lookup table.
 
 Choices where the issue is silent (also in the README):
 
-* ``refresh="if_missing"`` uses every cached API answer (project, batch listings, completed jobs, results); jobs
-  that were not completed are asked again. ``"always"`` asks the API for all of them again and downloads only
-  what changed: point clouds are keyed by URL and stay; masks are keyed by the result's digest too, so a
-  relabelled job gets new masks. ``"never"`` never touches the network.
+* ``refresh="if_missing"`` uses the cached answers for completed jobs and their results; project and batch
+  listings are asked again (batches gain jobs), as are jobs that were not completed. ``"always"`` asks the API
+  for all of them again and downloads only what changed: point clouds are keyed by URL and stay; masks (and
+  legacy mask clouds) are keyed by the result's digest too, so a relabelled job gets new masks. ``"never"``
+  never touches the network.
 * With ``on_error="skip"`` a job that fails to resolve is left out at construction; a frame that fails to load
-  in ``ds[i]`` is replaced by the next frame that loads (the length of a map-style dataset cannot change under a
-  running DataLoader), with one warning per frame; :meth:`prefetch` removes failing frames from the index.
+  in ``ds[i]`` is replaced by the next frame that loads, trying at most 8 (the length of a map-style dataset
+  cannot change under a running DataLoader), with one warning per frame; :meth:`prefetch` removes failing
+  frames from the index.
 * Warm items are one read: each frame's finished ``(points, labels)`` is cached beside the decoded point cloud
   and mask (``cache_samples=True``), keyed by the result digest, the point fields and the class map; the
   decoded arrays stay, so other fields or classes are derived again without the network.
@@ -53,7 +55,7 @@ from playment_torch.errors import (
     PlaymentFormatError,
     redact_url,
 )
-from playment_torch.formats.masks import read_mask
+from playment_torch.formats.masks import label_keys, read_mask
 from playment_torch.formats.pcd import read_pcd
 from playment_torch.geometry import Camera, invert_transform
 from playment_torch.index import FrameIndex
@@ -66,10 +68,10 @@ __all__ = ["DatasetStats", "PlaymentSegmentationDataset", "PrefetchReport"]
 logger = logging.getLogger("playment_torch")
 
 REFRESH_POLICIES = ("if_missing", "always", "never")
+_MAX_SUBSTITUTES = 8
 ON_ERROR = ("raise", "skip")
 FRAMES = ("native", "ego")
 SWEEP_REFERENCES = ("shared", "ego_pose")
-LEGACY_LABEL_FIELD = "label_key"
 
 
 @dataclass
@@ -190,6 +192,12 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             raise ConfigError("point_fields must be a non-empty sequence of field names")
         if not isinstance(sweeps, int) or sweeps < 1:
             raise ConfigError(f"sweeps must be an integer >= 1, got {sweeps!r}")
+        moves_points = frame == "ego" or sweeps > 1 or sweep_reference == "ego_pose"
+        if moves_points and [str(f).lower() for f in tuple(point_fields)[:3]] != ["x", "y", "z"]:
+            raise ConfigError(
+                "frame='ego', sweeps and sweep_reference='ego_pose' move points, so point_fields must start with "
+                f"x, y, z; got {tuple(point_fields)}"
+            )
         self.project_id = project_id
         self.ignore_index = int(ignore_index)
         self.point_fields = tuple(point_fields)
@@ -315,15 +323,21 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
 
     def _sample_or_next(self, position: int) -> Sample:
         n = len(self._index)
-        for step in range(n):
+        failure: PlaymentError | None = None
+        # A few substitutes at most: when the server is down, every frame fails, each after its retries.
+        for step in range(min(n, _MAX_SUBSTITUTES + 1)):
             candidate = (position + step) % n
             try:
                 return self._sample(candidate)
             except PlaymentError as exc:
+                failure = exc
                 if candidate not in self._warned:
                     self._warned.add(candidate)
                     warnings.warn(f"skipping {exc}", RuntimeWarning, stacklevel=3)
-        raise PlaymentError("on_error='skip': no frame of the dataset could be loaded")
+        raise PlaymentError(
+            f"on_error='skip': item {position} and the {min(n, _MAX_SUBSTITUTES + 1) - 1} frames after it all "
+            f"failed; last: {failure}"
+        ) from failure
 
     def instances(self, i: int) -> torch.Tensor:
         """Per-point instance ids of item ``i``, for panoptic work.
@@ -348,7 +362,12 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         points, labels = self._frame_arrays(position)
         if self.sweeps > 1:
             points, labels = self._accumulate(position, points, labels, reference)
-        if self.frame == "ego":
+        if self.sweep_reference == "ego_pose":
+            # Each cloud is in its own ego frame and ego_pose is a world pose: express the poses in the cloud's
+            # frame (the ego pose becomes the identity), as the Sample contract says. The points already are
+            # in the ego frame, so frame="ego" has nothing left to do.
+            poses = invert_transform(reference) @ poses
+        elif self.frame == "ego":
             to_ego = invert_transform(reference)
             points = _transform_xyz(points, to_ego)
             poses = to_ego @ poses
@@ -459,23 +478,26 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
     def _points_array(self, position: int) -> np.ndarray:
         index = self._index
         url = index.pointcloud_urls[position]
+        legacy = bool(index.legacy[position])
+        # A legacy point cloud is also the mask: relabelling rewrites it, so its key names the result's digest.
         key = cache_key(
-            "points",
+            f"points@{index.job_of(position).digest}" if legacy else "points",
             project_id=self.project_id,
             job_id=index.job_of(position).job_id,
             frame_id=index.frame_ids[position],
             sensor_id=index.sensor_ids[position],
             url=url,
         )
-        return self._cached_array(position, key, url, lambda body: read_pcd(body).data)
+        return self._cached_array(position, key, url, lambda body: read_pcd(body).data, private=legacy)
 
     def _mask_array(self, position: int, points: np.ndarray) -> np.ndarray:
         index = self._index
         if index.legacy[position]:
             # A legacy mask is a PCD with x y z label_key: the point cloud already holds it.
-            if LEGACY_LABEL_FIELD not in (points.dtype.names or ()):
-                raise PlaymentFormatError(f"{self._where(position)}: the legacy mask has no 'label_key' field")
-            return points[LEGACY_LABEL_FIELD].astype(np.int64)
+            try:
+                return label_keys(points)
+            except PlaymentFormatError as exc:
+                raise PlaymentFormatError(f"{self._where(position)}: {exc}") from exc
         job = index.job_of(position)
         url = index.mask_urls[position]
         key = cache_key(
@@ -486,9 +508,11 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             sensor_id=index.sensor_ids[position],
             url=url,
         )
-        return self._cached_array(position, key, url, lambda body: _compact_keys(read_mask(body)))
+        return self._cached_array(position, key, url, lambda body: _compact_keys(read_mask(body)), private=True)
 
-    def _cached_array(self, position: int, key: str, url: str, decode: Callable[[bytes], np.ndarray]) -> np.ndarray:
+    def _cached_array(
+        self, position: int, key: str, url: str, decode: Callable[[bytes], np.ndarray], *, private: bool = False
+    ) -> np.ndarray:
         cached = self.cache.get_array(key)
         if cached is not None:
             self._count(hits=1)
@@ -498,7 +522,8 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
 
         def create() -> np.ndarray:
             started = time.perf_counter()
-            body = self.client.download(url)
+            # Masks (and legacy mask clouds) are Playment's private files: always through the attachments API.
+            body = self.client.download(url, private=private)
             downloaded = time.perf_counter()
             try:
                 array = decode(body)
@@ -648,29 +673,29 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             )
         return results
 
-    def _cached_json(self, key: str, fetch: Callable[[], Any], missing: list[str], what: str) -> Any:
-        """An API answer under the refresh policy: cached, fetched (and cached), or listed as missing."""
-        if self.refresh != "always":
+    def _listing(self, key: str, fetch: Callable[[], Any], missing: list[str], what: str) -> Any:
+        """A project or batch listing: asked again unless ``refresh="never"`` (batches gain jobs), and cached
+        for the runs that may not use the network; ``None`` (and ``what`` listed as missing) when it cannot be had.
+        """
+        if self.refresh == "never":
             cached = self.cache.get_json(key)
-            if cached is not None:
-                return cached
-            if self.refresh == "never":
+            if cached is None:
                 missing.append(what)
-                return None
+            return cached
         value = fetch()
         self.cache.put_json(key, value)
         return value
 
     def _project(self, missing: list[str]) -> Project | None:
         key = cache_key("project", project_id=self.project_id)
-        payload = self._cached_json(
+        payload = self._listing(
             key, lambda: _project_json(self.client.get_project(self.project_id)), missing, "project details"
         )
         return None if payload is None else Project.from_api(payload, project_id=self.project_id)
 
     def _batch_job_ids(self, batch_id: str, missing: list[str]) -> list[str]:
         key = cache_key("batch", project_id=self.project_id, job_id=batch_id)
-        listing = self._cached_json(
+        listing = self._listing(
             key,
             lambda: [job.job_id for job in self.client.iter_batch_jobs(self.project_id, batch_id)],
             missing,

@@ -55,11 +55,12 @@ def redact_url(url: str) -> str:
     """
     try:
         parts = urllib.parse.urlsplit(url)
+        port = parts.port
     except ValueError:
-        return url.split("?", 1)[0].split("#", 1)[0]
+        return url.split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
     netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
+    if port is not None:
+        netloc = f"{netloc}:{port}"
     if not parts.scheme:
         return url.split("?", 1)[0].split("#", 1)[0]
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))

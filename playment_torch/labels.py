@@ -61,8 +61,15 @@ class ClassMap:
                 if name in index:
                     raise ConfigError(f"class {name!r} is listed twice")
                 index[str(name)] = i
-        self._index = index
         count = 1 + max((v for v in index.values() if v != self.ignore_index), default=-1)
+        if not isinstance(classes, Mapping) and 0 <= self.ignore_index < count:
+            # ignore_index=0 with classes numbered from 0 would silently drop the first class.
+            taken = next(name for name, value in index.items() if value == self.ignore_index)
+            raise ConfigError(
+                f"ignore_index {self.ignore_index} is also the index of class {taken!r}; use a value outside "
+                f"0..{count - 1} (e.g. -100), or a dict of classes to ignore a name explicitly"
+            )
+        self._index = index
         # The display name of an index is the first name given for it.
         names_by_index: list[str] = [""] * count
         for name, value in index.items():

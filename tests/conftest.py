@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from playment_torch.client import PlaymentClient, RetryPolicy
 from playment_torch.testing.server import FakePlaymentServer
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 #: Retries that keep fault tests fast.
 FAST_RETRY = RetryPolicy(max_retries=3, backoff=0.01, backoff_max=0.05, retry_after_max=2.0)

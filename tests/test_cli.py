@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -31,7 +31,8 @@ def test_prefetch_then_inspect_offline(server, project, tmp_path, capsys):
     server.clear_requests()
     assert main(["inspect", *selection(server, tmp_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert server.requests == [], "inspect after prefetch reads only the cache"
+    # After prefetch only the listings are asked again (batches gain jobs); jobs, results and frames are cached.
+    assert {r.route for r in server.requests} == {"project", "batch"}
     assert report["frames"] == 4 and report["jobs"] == 2
     total_points = sum(len(f.points) for job in project for f in job.frames)
     assert report["points"] == total_points
@@ -46,8 +47,10 @@ def test_prefetch_then_inspect_offline(server, project, tmp_path, capsys):
     sizes = sorted(len(f.points) for job in project for f in job.frames)
     assert report["points_per_frame"]["min"] == sizes[0] and report["points_per_frame"]["max"] == sizes[-1]
 
+    server.clear_requests()
     assert main(["inspect", *selection(server, tmp_path), "--offline"]) == 0
     table = capsys.readouterr().out
+    assert server.requests == [], "--offline never touches the network"
     assert "unlabeled points:" in table and "road" in table
 
 
@@ -127,7 +130,22 @@ def test_demo_learns_small(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    completed = subprocess.run(
-        [sys.executable, "-m", "playment_torch.cli", "--help"], capture_output=True, text=True, timeout=60
-    )
+    script = shutil.which("playment-torch")
+    assert script is not None, "pip install -e . puts the playment-torch command on PATH"
+    completed = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0 and "demo" in completed.stdout and "prefetch" in completed.stdout
+
+
+def test_prefetch_with_failures_exits_1(server, project, tmp_path, capsys):
+    server.add_fault("storage", status=404, times=None, match=".pcd")
+    assert main(["prefetch", *selection(server, tmp_path), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "4 failed" in captured.out and captured.out.count("  failed: job ") == 4
+    assert "4 frames could not be prefetched" in captured.err
+
+
+def test_cache_commands_do_not_create_a_missing_cache(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["cache", "info", "--cache-dir", str(missing)]) == 1
+    assert main(["verify", "--cache-dir", str(missing)]) == 1
+    assert "no cache at" in capsys.readouterr().err and not missing.exists()

@@ -1090,3 +1090,46 @@ def test_concurrent_downloads_scale(
 def test_which_urls_go_through_attachments(url: str, hosted: bool) -> None:
     client = PlaymentClient("k", base_url="http://127.0.0.1:1")
     assert client.is_playment_hosted(url) is hosted
+
+
+def test_private_files_on_any_host_go_through_attachments(fake: FakePlaymentServer, client: PlaymentClient) -> None:
+    # The seed page's own mask URL is on a host the client does not know as Playment's: a mask is private anyway.
+    url = "https://xyz.s3.com/123.txt"
+    fake.put_file(url, b"[16, 58, 58]")
+    assert not client.is_playment_hosted(url)
+    assert client.download(url, private=True) == b"[16, 58, 58]"
+    assert [(r.route, r.sent_key) for r in fake.requests] == [("attachments", True), ("storage", False)]
+
+
+@pytest.mark.parametrize("key", ["sec ret", "secret\nKEY", "sécret", "secret\x00"])
+def test_keys_no_header_can_carry_are_refused_without_echo(key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        PlaymentClient(key, base_url="http://127.0.0.1:1")
+    assert "secret" not in str(info.value) and "KEY" not in str(info.value)
+
+
+@pytest.mark.parametrize("base_url", ["http://[::1", "http://127.0.0.1:notaport"])
+def test_malformed_base_url_is_a_config_error(base_url: str) -> None:
+    with pytest.raises(ConfigError, match="not a valid URL"):
+        PlaymentClient(KEY, base_url=base_url)
+
+
+@pytest.mark.parametrize("url", ["http://[::1/x", "https://host:port/x"])
+def test_malformed_download_url_is_a_download_error(client: PlaymentClient, url: str) -> None:
+    with pytest.raises(DownloadError, match="malformed URL"):
+        client.download(url)
+
+
+def test_request_errors_that_retrying_cannot_fix_fail_at_once(
+    fake: FakePlaymentServer, client: PlaymentClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        raise requests.exceptions.InvalidHeader("header value 'x' is invalid")
+
+    monkeypatch.setattr(requests.Session, "get", refuse)
+    with pytest.raises(DownloadError, match=r"refused before sending \(InvalidHeader\)"):
+        client.download(fake.direct_url("a.bin"))
+    assert len(calls) == 1

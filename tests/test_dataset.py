@@ -20,6 +20,7 @@ from playment_torch.errors import (
     PlaymentFormatError,
 )
 from playment_torch.formats.masks import encode_mask
+from playment_torch.formats.pcd import encode_pcd
 from playment_torch.testing.server import FakePlaymentServer
 from playment_torch.testing.synthetic import CLASSES, SyntheticFrame, SyntheticJob, add_synthetic_project
 
@@ -369,22 +370,27 @@ def test_sweeps_in_a_shared_world_frame_land_static_objects_within_a_centimetre(
     )
 
 
+def _pose_json(matrix: np.ndarray) -> dict[str, dict[str, float]]:
+    rotation, t = matrix[:3, :3], matrix[:3, 3]
+    w = np.sqrt(max(0.0, 1 + np.trace(rotation))) / 2
+    heading = {
+        "w": w,
+        "x": (rotation[2, 1] - rotation[1, 2]) / (4 * w),
+        "y": (rotation[0, 2] - rotation[2, 0]) / (4 * w),
+        "z": (rotation[1, 0] - rotation[0, 1]) / (4 * w),
+    }
+    return {"heading": heading, "position": {"x": t[0], "y": t[1], "z": t[2]}}
+
+
 def test_sweeps_with_ego_pose_reference_move_lidar_frame_clouds(server, tmp_path):
     (job,) = add_synthetic_project(server, n_jobs=1, frames_per_job=3, points_per_frame=10_000, seed=19)
-    # Clouds in each frame's lidar frame, with the ego's world pose as ego_pose: a common export convention.
+    # Clouds in each frame's lidar frame, with world poses for the ego and the cameras: a common export convention.
     result = job.result
     for frame_json, frame in zip(result["sensor_data"]["frames"], job.frames, strict=True):
-        rotation, t = frame.world_pose[:3, :3], frame.world_pose[:3, 3]
-        w = np.sqrt(max(0.0, 1 + np.trace(rotation))) / 2
-        frame_json["ego_pose"] = {
-            "heading": {
-                "w": w,
-                "x": (rotation[2, 1] - rotation[1, 2]) / (4 * w),
-                "y": (rotation[0, 2] - rotation[2, 0]) / (4 * w),
-                "z": (rotation[1, 0] - rotation[0, 1]) / (4 * w),
-            },
-            "position": {"x": t[0], "y": t[1], "z": t[2]},
-        }
+        frame_json["ego_pose"] = _pose_json(frame.world_pose)
+        cameras = [s for s in frame_json["sensors"] if not s["data_url"].endswith(".pcd")]
+        for sensor, camera_pose in zip(cameras, frame.camera_poses, strict=True):
+            sensor["sensor_pose"] = _pose_json(frame.world_pose @ camera_pose)
     server.replace_result(job.job_id, result)
     ds = make_dataset(server, tmp_path, point_fields=("x", "y", "z"), sweeps=3, sweep_reference="ego_pose")
     sample = ds[2]
@@ -395,6 +401,13 @@ def test_sweeps_with_ego_pose_reference_move_lidar_frame_clouds(server, tmp_path
         frame = job.frames[2 - back]
         expected = _to(np.linalg.inv(key_world) @ frame.world_pose, _xyz(frame))
         np.testing.assert_allclose(xyz[sweep == back], expected, atol=2e-4)
+    # Poses come out in the cloud's own (ego) frame, as the Sample contract says; frame="ego" changes nothing.
+    np.testing.assert_allclose(sample.poses[0].numpy(), np.eye(4), atol=1e-9)
+    np.testing.assert_allclose(sample.poses[1:].numpy(), job.frames[2].camera_poses, atol=1e-6)
+    ego = make_dataset(
+        server, tmp_path, point_fields=("x", "y", "z"), sweeps=3, sweep_reference="ego_pose", frame="ego"
+    )
+    assert torch.equal(ego[2].points, sample.points) and torch.equal(ego[2].poses, sample.poses)
 
 
 def test_bad_options_are_config_errors(tmp_path):
@@ -407,3 +420,104 @@ def test_bad_options_are_config_errors(tmp_path):
     ):
         with pytest.raises(ConfigError):
             PlaymentSegmentationDataset("p", cache_dir=str(tmp_path), **options)  # type: ignore[arg-type]
+
+
+def _mask_keys(job: SyntheticJob, frame: SyntheticFrame) -> np.ndarray:
+    """The label key of each point of a synthetic frame (what its hosted mask holds)."""
+    keys = np.full(len(frame.points), job.unlabeled_key, dtype=np.int64)
+    labelled = frame.instance >= 0
+    keys[labelled] = job.label_keys[frame.instance[labelled]]
+    return keys
+
+
+def test_a_key_means_what_that_frames_annotation_says(server, tmp_path):
+    (job,) = add_synthetic_project(server, n_jobs=1, frames_per_job=2, points_per_frame=POINTS, seed=40)
+    result = job.result
+    annotations = result["annotation_data"]["annotations"]
+    # A car that frame 1 relabels as a pole: its key must mean "car" in frame 0 and "pole" in frame 1.
+    car = next(a for a in annotations if a["label"] == "car" and a["frame_id"] == "1")
+    assert any(a["label_key"] == car["label_key"] and a["frame_id"] == "0" for a in annotations)
+    car["label"] = car["text"] = "pole"
+    server.replace_result(job.job_id, result)
+    ds = make_dataset(server, tmp_path)
+    for position, frame in enumerate(job.frames):
+        on_key = _mask_keys(job, frame) == car["label_key"]
+        assert on_key.any()
+        expected = "pole" if position == 1 else "car"
+        assert bool((ds[position].labels.numpy()[on_key] == ds.classes.index(expected)).all())
+
+
+def test_relabelling_in_place_is_seen_with_refresh_always(server, tmp_path):
+    jobs = add_synthetic_project(server, n_jobs=1, legacy_jobs=1, frames_per_job=1, points_per_frame=POINTS, seed=41)
+    ds = make_dataset(server, tmp_path, point_fields=("x", "y", "z"))
+    before = [ds[i].labels.clone() for i in range(len(ds))]
+    # Relabel both jobs by rewriting their mask files at the SAME URLs (no new URL to key on).
+    for job in jobs:
+        result = job.result
+        if job.legacy:
+            keys = sorted(entry["label_key"] for entry in result["legend"])
+            points = job.frames[0].points
+            relabelled = np.zeros(len(points), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("label_key", "<i4")])
+            for name in "xyz":
+                relabelled[name] = points[name]
+            relabelled["label_key"] = keys[0]
+            server.put_file(result["url"], encode_pcd(relabelled, encoding="ascii"))
+            result["legend"][0]["color"] = "relabelled"  # the result object changes too
+        else:
+            (mask,) = result["annotation_data"]["masks"]
+            keys = [a["label_key"] for a in result["annotation_data"]["annotations"]]
+            server.put_file(mask["label_url"], encode_mask(np.full(len(job.frames[0].points), keys[0])))
+            result["annotation_data"]["annotations"][0]["color"] = "relabelled"
+        server.replace_result(job.job_id, result)
+    stale = make_dataset(server, tmp_path, point_fields=("x", "y", "z"))
+    assert all(torch.equal(stale[i].labels, before[i]) for i in range(len(stale))), "if_missing keeps the cache"
+    fresh = make_dataset(server, tmp_path, point_fields=("x", "y", "z"), refresh="always")
+    for i in range(len(fresh)):
+        labels = fresh[i].labels
+        assert len(torch.unique(labels)) == 1 and not torch.equal(labels, before[i])
+
+
+def test_if_missing_lists_batches_again_and_sees_new_jobs(server, tmp_path):
+    add_synthetic_project(server, n_jobs=2, frames_per_job=1, points_per_frame=POINTS, seed=42)
+    assert len(make_dataset(server, tmp_path)) == 2
+    add_synthetic_project(server, n_jobs=1, frames_per_job=1, points_per_frame=POINTS, seed=43)
+    server.clear_requests()
+    grown = make_dataset(server, tmp_path)
+    assert len(grown) == 3
+    fetched = [r.path for r in server.requests if r.route == "job"]
+    assert len(fetched) == 1, "only the new job is asked for; completed ones come from the cache"
+
+
+def test_frame_ego_without_sweeps(server, tmp_path):
+    (job,) = add_synthetic_project(server, n_jobs=1, frames_per_job=2, points_per_frame=POINTS, coordinates="world")
+    native = make_dataset(server, tmp_path, point_fields=("x", "y", "z", "intensity"))
+    ego = make_dataset(server, tmp_path, point_fields=("x", "y", "z", "intensity"), frame="ego")
+    for i, frame in enumerate(job.frames):
+        a, b = native[i], ego[i]
+        world = _xyz(frame)
+        np.testing.assert_allclose(a.points[:, :3].numpy(), world, atol=1e-6)
+        to_ego = np.linalg.inv(frame.ego_pose)
+        np.testing.assert_allclose(b.points[:, :3].numpy(), _to(to_ego, world), atol=2e-3)
+        assert torch.equal(a.points[:, 3], b.points[:, 3]), "other columns are carried along"
+        np.testing.assert_allclose(b.poses.numpy(), to_ego @ a.poses.numpy(), atol=1e-9)
+        np.testing.assert_allclose(b.poses[0].numpy(), np.eye(4), atol=1e-9)
+        assert torch.equal(a.labels, b.labels)
+
+
+@pytest.mark.parametrize(
+    "options", [{"frame": "ego"}, {"sweeps": 2}, {"sweep_reference": "ego_pose"}], ids=["ego", "sweeps", "ego_pose"]
+)
+def test_moving_points_needs_xyz_first(tmp_path, options):
+    with pytest.raises(ConfigError, match="must start with x, y, z"):
+        PlaymentSegmentationDataset("p", cache_dir=str(tmp_path), point_fields=("intensity", "x", "y", "z"), **options)  # type: ignore[arg-type]
+
+
+def test_skip_gives_up_after_a_few_substitutes(server, tmp_path):
+    add_synthetic_project(server, n_jobs=1, frames_per_job=12, points_per_frame=POINTS, seed=44)
+    ds = make_dataset(server, tmp_path, on_error="skip")
+    server.add_fault("storage", status=500, times=None)
+    server.clear_requests()
+    with pytest.warns(RuntimeWarning), pytest.raises(PlaymentError, match="the 8 frames after it all failed") as info:
+        ds[0]
+    assert isinstance(info.value.__cause__, FrameError)
+    assert len({r.query.get("url") for r in server.requests if r.route == "attachments"}) == 9

@@ -18,7 +18,7 @@ import numpy as np
 from playment_torch.errors import PlaymentFormatError
 from playment_torch.formats.pcd import read_pcd
 
-__all__ = ["encode_mask", "read_mask"]
+__all__ = ["encode_mask", "label_keys", "read_mask"]
 
 _JSON_SPACE = b" \t\r\n"
 _INT64_MIN = np.iinfo(np.int64).min
@@ -152,20 +152,36 @@ def _pcd_label_keys(blob: bytes | bytearray) -> np.ndarray:
     except PlaymentFormatError as exc:
         first = blob.lstrip(_JSON_SPACE)[:1]
         raise PlaymentFormatError(f"mask starts with {first!r}: not a JSON array, and not a valid PCD ({exc})") from exc
-    header = cloud.header
-    if "label_key" not in header.fields:
+    return label_keys(cloud.data)
+
+
+def label_keys(data: np.ndarray) -> np.ndarray:
+    """The ``label_key`` field of a decoded legacy PCD mask (``x y z label_key``), checked, as int64.
+
+    Args:
+        data: The mask's structured array (:attr:`PointCloud.data`).
+
+    Returns:
+        int64 label keys, one per point.
+
+    Raises:
+        PlaymentFormatError: no ``label_key`` field, a COUNT other than 1, or values that are not integers
+            that fit in int64.
+    """
+    names = data.dtype.names or ()
+    if "label_key" not in names:
         raise PlaymentFormatError(
-            f"PCD mask has no label_key field (fields: {' '.join(header.fields)}); "
+            f"PCD mask has no label_key field (fields: {' '.join(names)}); "
             "a mask is a JSON array or a PCD with x y z label_key"
         )
-    index = header.fields.index("label_key")
-    if header.counts[index] != 1:
-        raise PlaymentFormatError(f"PCD mask field label_key has COUNT {header.counts[index]}, expected 1")
-    column = cloud.data["label_key"]
-    if header.types[index] == "F":
+    field = data.dtype["label_key"]
+    if field.shape:
+        raise PlaymentFormatError(f"PCD mask field label_key has COUNT {int(np.prod(field.shape))}, expected 1")
+    column = data["label_key"]
+    if field.kind == "f":
         finite = np.isfinite(column)
         if not finite.all() or np.any(column != np.trunc(column)) or np.any(np.abs(column) >= 2.0**63):
             raise PlaymentFormatError("PCD mask label_key values are not all integers")
-    elif header.types[index] == "U" and header.sizes[index] == 8 and np.any(column > _INT64_MAX):
+    elif field.kind == "u" and field.itemsize == 8 and np.any(column > _INT64_MAX):
         raise PlaymentFormatError("PCD mask label_key values do not fit in int64")
     return column.astype(np.int64)

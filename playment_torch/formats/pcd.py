@@ -674,9 +674,9 @@ def _decode_ascii(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
     dtype = header.dtype()
     n = header.points
     start = header.data_offset
+    if n == 0:
+        return np.zeros(0, dtype=dtype)  # whatever follows the header is trailing bytes, ignored like PCL does
     if _NON_SPACE.search(buf, start) is None:
-        if n == 0:
-            return np.zeros(0, dtype=dtype)
         raise _ascii_error(buf, header, None)
     ncols = sum(header.counts)
     # Each value takes at least one byte plus one separator: refuse impossible claims before parsing.
@@ -685,12 +685,13 @@ def _decode_ascii(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
     # np.loadtxt is a C tokenizer: it parses integers as integers (full int64/uint64 precision), floats with
     # nan/inf, and rejects out-of-range or malformed values. A single-space delimiter is ~10% faster than
     # splitting on any whitespace, so try that first; fall back for tabs, runs of spaces or trailing spaces.
-    # BytesIO over bytes shares their buffer, so seeking past the header costs no copy.
+    # BytesIO over bytes shares their buffer, so seeking past the header costs no copy. Like PCL, read POINTS
+    # rows and ignore whatever follows them (max_rows does not count blank lines).
     try:
-        data = np.loadtxt(_data_stream(buf, start), dtype=dtype, comments=None, delimiter=" ", ndmin=1)
+        data = np.loadtxt(_data_stream(buf, start), dtype=dtype, comments=None, delimiter=" ", ndmin=1, max_rows=n)
     except ValueError:
         try:
-            data = np.loadtxt(_data_stream(buf, start), dtype=dtype, comments=None, ndmin=1)
+            data = np.loadtxt(_data_stream(buf, start), dtype=dtype, comments=None, ndmin=1, max_rows=n)
         except ValueError as exc:
             raise _ascii_error(buf, header, exc) from exc
     if data.shape[0] != n:
@@ -718,9 +719,7 @@ def _ascii_error(buf: bytes | bytearray, header: PCDHeader, exc: Exception | Non
             continue
         last = lineno
         if seen == header.points:
-            return _fail(
-                f"line {lineno}: more data than POINTS {header.points} (ASCII data starts on line {first_line})"
-            )
+            break  # rows after POINTS rows are trailing data, ignored
         if len(tokens) != ncols:
             return _fail(f"line {lineno} has {len(tokens)} values, expected {ncols} (one per field value)")
         position = 0
