@@ -290,6 +290,8 @@ def tile_index(chunk: Any, times: int) -> Any:
     out.jobs = chunk.jobs * times  # JobInfo objects are per job, not per frame; shared here
     out.labels_table = chunk.labels_table
     out.frame_job = np.concatenate([chunk.frame_job + k * len(chunk.jobs) for k in range(times)]).astype(np.int32)
+    tables = len(chunk.lut_offsets) - 1  # each copy gets tables of its own, as distinct jobs would
+    out.frame_table = np.concatenate([chunk.frame_table + k * tables for k in range(times)]).astype(np.int32)
     luts = [n for n in vars(chunk) if n.startswith("lut_") and n != "lut_offsets"]
     for name in ["frame_position", "legacy", "ego_poses", "camera_poses", *luts]:
         setattr(out, name, np.concatenate([getattr(chunk, name)] * times))

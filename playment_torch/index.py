@@ -2,8 +2,9 @@
 
 A million-frame project must not become a million Python objects: DataLoader workers touch every object they
 read, and reference counting then copies the pages of a forked parent's memory one by one. So frames live in
-flat arrays (ids and URLs in :class:`StringTable` buffers, poses as 7-vectors, label lookup tables concatenated
-with offsets), and :class:`~playment_torch.models.FrameRef` objects are rebuilt only when asked for.
+flat arrays (ids and URLs in :class:`StringTable` buffers, poses as 7-vectors, label lookup tables shared by
+the frames they fit and concatenated with offsets), and :class:`~playment_torch.models.FrameRef` objects are
+rebuilt only when asked for.
 """
 
 from __future__ import annotations
@@ -153,6 +154,9 @@ class FrameIndex:
         self.camera_poses = np.zeros((0, 7))
         self.camera_offsets = np.zeros(1, dtype=np.int64)
         # Label lookup tables, one run of rows per frame.
+        # Label lookup tables, deduplicated: frames whose keys mean the same share one table (a job's frames
+        # often do), which keeps a large index small. frame_table[i] is frame i's table.
+        self.frame_table = np.zeros(0, dtype=np.int32)
         self.lut_offsets = np.zeros(1, dtype=np.int64)
         self.lut_keys = np.zeros(0, dtype=np.int64)
         self.lut_classes = np.zeros(0, dtype=np.int32)
@@ -179,6 +183,8 @@ class FrameIndex:
             k: [] for k in ("job", "position", "legacy", "frame", "sensor", "points", "mask", "ego", "cams", "ncam")
         }
         luts: list[tuple[np.ndarray, ...]] = []
+        table_ids: dict[bytes, int] = {}
+        frame_tables: list[int] = []
         for job_number, (result, digest) in enumerate(results):
             tracks: dict[str, int] = {}
             for entry in result.labels:
@@ -200,7 +206,13 @@ class FrameIndex:
                 ordered = sorted(frame.labels, key=lambda e: e.label_key)
                 lookup = class_map.lookup(ordered, tracks)
                 labels = [pairs.setdefault((e.label, e.class_id), len(pairs)) for e in ordered]
-                luts.append((lookup.keys, lookup.classes, lookup.instances, np.array(labels, dtype=np.int64)))
+                table = (lookup.keys, lookup.classes, lookup.instances, np.array(labels, dtype=np.int64))
+                # Instance ids index the job's own tracks, so equal bytes mean equal lookups in any job.
+                signature = b"|".join(column.tobytes() for column in table)
+                if signature not in table_ids:
+                    table_ids[signature] = len(luts)
+                    luts.append(table)
+                frame_tables.append(table_ids[signature])
         index.labels_table = tuple(pairs)
         index.frame_job = np.array(columns["job"], dtype=np.int32)
         index.frame_position = np.array(columns["position"], dtype=np.int32)
@@ -212,6 +224,7 @@ class FrameIndex:
         index.ego_poses = np.array(columns["ego"], dtype=np.float64).reshape(-1, 7)
         index.camera_poses = np.array(columns["cams"], dtype=np.float64).reshape(-1, 7)
         index.camera_offsets = np.concatenate([[0], np.cumsum(columns["ncam"], dtype=np.int64)]).astype(np.int64)
+        index.frame_table = np.array(frame_tables, dtype=np.int32)
         index.lut_offsets = np.concatenate([[0], np.cumsum([len(t[0]) for t in luts], dtype=np.int64)])
         index.lut_offsets = index.lut_offsets.astype(np.int64)
         # Keys stay int64 (any integer Playment sends); the rest fits int32, which keeps a big index small.
@@ -227,15 +240,19 @@ class FrameIndex:
     def job_of(self, i: int) -> JobInfo:
         return self.jobs[int(self.frame_job[i])]
 
+    def _table_rows(self, i: int) -> tuple[int, int]:
+        table = self.frame_table[i]
+        return int(self.lut_offsets[table]), int(self.lut_offsets[table + 1])
+
     def classes_of(self, i: int, mask: np.ndarray, ignore_index: int, *, consume: bool = False) -> np.ndarray:
         """Class indices of frame ``i``'s label keys (``consume=True`` lets the mask be overwritten)."""
-        start, stop = self.lut_offsets[i], self.lut_offsets[i + 1]
+        start, stop = self._table_rows(i)
         scratch = mask if consume and mask.flags.writeable and mask.dtype == np.int64 else None
         return map_keys(self.lut_keys[start:stop], self.lut_classes[start:stop], mask, ignore_index, scratch=scratch)
 
     def instances_of(self, i: int, mask: np.ndarray) -> np.ndarray:
         """Instance ids (index into the job's tracks, -1 for none) of frame ``i``'s label keys."""
-        start, stop = self.lut_offsets[i], self.lut_offsets[i + 1]
+        start, stop = self._table_rows(i)
         return map_keys(self.lut_keys[start:stop], self.lut_instances[start:stop], mask, -1)
 
     def poses(self, i: int) -> np.ndarray:
@@ -247,7 +264,7 @@ class FrameIndex:
         """Rebuild the :class:`FrameRef` of item ``i``."""
         job = self.job_of(i)
         frame_id = self.frame_ids[i]
-        start, stop = self.lut_offsets[i], self.lut_offsets[i + 1]
+        start, stop = self._table_rows(i)
         labels = tuple(
             LabelEntry(
                 label_key=int(self.lut_keys[r]),
@@ -298,10 +315,11 @@ class FrameIndex:
         cam_rows = _ranges(self.camera_offsets, rows)
         out.camera_poses = self.camera_poses[cam_rows]
         out.camera_offsets = _offsets_of(self.camera_offsets, rows)
-        lut_rows = _ranges(self.lut_offsets, rows)
-        out.lut_offsets = _offsets_of(self.lut_offsets, rows)
+        # Tables are shared and small: the subset keeps all of them and selects frames only.
+        out.frame_table = self.frame_table[rows]
+        out.lut_offsets = self.lut_offsets
         for name in _LUT_COLUMNS:
-            setattr(out, name, getattr(self, name)[lut_rows])
+            setattr(out, name, getattr(self, name))
         return out
 
     @property

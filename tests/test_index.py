@@ -69,6 +69,8 @@ def test_frame_refs_survive_the_index_and_its_subsets():
     index = FrameIndex.build("p", [(r, f"digest-{r.job_id}") for r in results], ClassMap(None, available=["car"]))
     refs = [ref for r in results for ref in r.frames]
     assert len(index) == len(refs)
+    # Frames whose keys mean the same share a lookup table: here 4 distinct tables (0 to 3 keys) for 12 frames.
+    assert len(index.lut_offsets) - 1 == 4
 
     def same(a: FrameRef, b: FrameRef) -> None:
         assert (a.job_id, a.frame_id, a.frame_index, a.pointcloud_url, a.mask_url) == (
