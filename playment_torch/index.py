@@ -25,47 +25,70 @@ _NAN_POSE = np.full(7, np.nan)
 _LUT_COLUMNS = ("lut_keys", "lut_classes", "lut_instances", "lut_labels")
 
 
-class StringTable(Sequence[str]):
-    """An immutable list of strings stored as one UTF-8 buffer and an offsets array."""
+class _Packed:
+    """Strings as one UTF-8 buffer and an offsets array: no Python object per string."""
 
-    __slots__ = ("_buffer", "_offsets")
+    __slots__ = ("buffer", "offsets")
 
     def __init__(self, strings: Iterable[str] = ()) -> None:
         encoded = [s.encode("utf-8") for s in strings]
-        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
-        self._buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
+        self.buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def get(self, i: int) -> str:
+        return self.buffer[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8")
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.buffer.nbytes + self.offsets.nbytes)
+
+
+class StringTable(Sequence[str]):
+    """An immutable list of strings: each split after its last ``/``, the distinct heads stored once.
+
+    URLs of one job share their folder (``https://host/project/job/masks/``), so a million URLs cost little
+    more than their file names; everything stays in numpy buffers, never one Python object per string.
+    """
+
+    __slots__ = ("_head_ids", "_heads", "_tails")
+
+    def __init__(self, strings: Iterable[str] = ()) -> None:
+        heads: dict[str, int] = {}
+        ids: list[int] = []
+        tails: list[str] = []
+        for text in strings:
+            cut = text.rfind("/") + 1
+            ids.append(heads.setdefault(text[:cut], len(heads)))
+            tails.append(text[cut:])
+        self._heads = _Packed(heads)
+        self._head_ids = np.array(ids, dtype=np.int32)
+        self._tails = _Packed(tails)
 
     @classmethod
     def concatenate(cls, tables: Sequence[StringTable]) -> StringTable:
         """Join several tables into one, in order."""
-        table = cls()
-        if not tables:
-            return table
-        table._buffer = np.concatenate([t._buffer for t in tables])
-        starts = np.cumsum([0] + [int(t._offsets[-1]) for t in tables[:-1]])
-        table._offsets = np.concatenate(
-            [np.zeros(1, dtype=np.int64)] + [t._offsets[1:] + s for t, s in zip(tables, starts, strict=True)]
-        )
-        return table
+        return cls(text for table in tables for text in table)
 
     def take(self, indices: np.ndarray) -> StringTable:
         """A new table with the strings at ``indices``."""
         return StringTable(self[int(i)] for i in indices)
 
     def __len__(self) -> int:
-        return len(self._offsets) - 1
+        return len(self._head_ids)
 
     def __getitem__(self, i: int) -> str:  # type: ignore[override]
-        start, stop = self._offsets[i], self._offsets[i + 1]
-        return self._buffer[start:stop].tobytes().decode("utf-8")
+        return self._heads.get(int(self._head_ids[i])) + self._tails.get(i)
 
     def __iter__(self) -> Iterator[str]:
         return (self[i] for i in range(len(self)))
 
     @property
     def nbytes(self) -> int:
-        return int(self._buffer.nbytes + self._offsets.nbytes)
+        return self._heads.nbytes + int(self._head_ids.nbytes) + self._tails.nbytes
 
 
 def _pose_vector(pose: Pose | None) -> np.ndarray:

@@ -223,10 +223,10 @@ def test_pickle_of_a_10000_frame_dataset_is_its_arrays_and_small(server, project
     # The pickle is the index's flat arrays plus per-job records (track ids, cameras) and a constant: no
     # per-frame Python objects, no sessions.
     assert size < index.nbytes + 2048 * len(index.jobs) + 64 * 1024
-    # Absolute bound for this shape (measured: 5.6 MiB): two ~150-character URLs a frame (3.3 MiB), three
-    # 7-float poses (1.6 MiB), ids and offsets; the label tables are shared by the frames of a job whose keys
-    # mean the same (here all of them), so they are a few kilobytes.
-    assert size < 7 * 2**20
+    # Absolute bound for this shape (measured: 3.2 MiB): three 7-float poses a frame (1.6 MiB), two URLs whose
+    # folders are stored once (about 40 B each), ids and offsets; the label tables are shared by the frames of a
+    # job whose keys mean the same (here all of them), so they are a few kilobytes.
+    assert size < 4 * 2**20
 
     copy = pickle.loads(blob)
     assert len(copy) == 10_000
