@@ -233,51 +233,10 @@ def case_index(spec: dict[str, Any]) -> dict[str, Any]:
 
 def synthetic_results(project_id: str, n_jobs: int, frames: int, keys: int) -> tuple[list[Any], Any]:
     """Parsed results shaped like real Playment jobs (see the module docstring), and their class map."""
-    from playment_torch.geometry import Camera, Pose
     from playment_torch.labels import ClassMap
-    from playment_torch.models import FrameRef, JobResult, LabelEntry
-    from playment_torch.testing.server import PLAYMENT_STORAGE
-    from playment_torch.testing.synthetic import CLASSES
+    from playment_torch.testing.synthetic import CLASSES, index_results
 
-    rng = np.random.default_rng(0)
-
-    def new_id() -> str:
-        return str(uuid.UUID(bytes=rng.bytes(16), version=4))
-
-    cameras = tuple(
-        Camera(new_id(), name, "brown_conrady", 1200.0, 1200.0, 960.0, 600.0, radial=(-0.1, 0.01))
-        for name in ("front", "rear")
-    )
-    ego = Pose((1.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
-    camera_poses = (Pose((0.5, -0.5, 0.5, -0.5), (1.5, 0.0, 1.6)), Pose((0.5, 0.5, -0.5, -0.5), (-1.0, 0.0, 1.6)))
-    results = []
-    for _ in range(n_jobs):
-        job_id = new_id()
-        tracks = [new_id() for _ in range(keys)]
-        refs = []
-        for f in range(frames):
-            frame_id = str(f)
-            labels = tuple(
-                LabelEntry(k + 1, CLASSES[k % len(CLASSES)], f"class-{k % len(CLASSES)}", tracks[k], frame_id)
-                for k in range(keys)
-            )
-            refs.append(
-                FrameRef(
-                    project_id=project_id,
-                    job_id=job_id,
-                    frame_id=frame_id,
-                    frame_index=f,
-                    sensor_id="lidar",
-                    pointcloud_url=f"{PLAYMENT_STORAGE}/{project_id}/{job_id}/lidar/{f:06d}.pcd",
-                    mask_url=f"{PLAYMENT_STORAGE}/{project_id}/{job_id}/masks/{new_id()}.json",
-                    labels=labels,
-                    ego_pose=ego,
-                    camera_poses=camera_poses,
-                    cameras=cameras,
-                )
-            )
-        all_labels = tuple(label for ref in refs for label in ref.labels)
-        results.append((JobResult(project_id, job_id, "current", tuple(refs), cameras, all_labels), new_id()[:16]))
+    results = index_results(project_id, n_jobs=n_jobs, frames_per_job=frames, keys_per_frame=keys)
     return results, ClassMap(None, available=CLASSES)
 
 

@@ -13,7 +13,6 @@ import multiprocessing
 import pickle
 import pickletools
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,10 @@ from torch.utils.data.distributed import DistributedSampler
 from playment_torch.client import PlaymentClient
 from playment_torch.collate import Batch, collate_points
 from playment_torch.dataset import PlaymentSegmentationDataset
-from playment_torch.geometry import Pose
 from playment_torch.index import FrameIndex
-from playment_torch.models import FrameRef, JobResult, LabelEntry
-from playment_torch.testing.server import PLAYMENT_STORAGE, FakePlaymentServer, RequestRecord
-from playment_torch.testing.synthetic import CLASSES, SyntheticJob, add_synthetic_project
+from playment_torch.models import FrameRef
+from playment_torch.testing.server import FakePlaymentServer, RequestRecord
+from playment_torch.testing.synthetic import CLASSES, SyntheticJob, add_synthetic_project, index_results
 
 POINTS = 10_000
 FIELDS = ("x", "y", "z", "intensity")
@@ -159,57 +157,13 @@ def test_dataset_pickles_without_sessions_or_handles_and_loads_in_a_spawned_chil
     np.testing.assert_array_equal(from_child[0][1], labels)
 
 
-def _synthetic_results(
-    project_id: str, cameras: Any, n_jobs: int, frames: int, keys: int
-) -> list[tuple[JobResult, str]]:
-    """``n_jobs * frames`` frames shaped like real Playment jobs: UUID job and track ids, Playment S3 URLs,
-    ``keys`` label keys per frame (instances with track ids), an ego pose and one pose per camera."""
-    rng = np.random.default_rng(0)
-
-    def new_id() -> str:
-        return str(uuid.UUID(bytes=rng.bytes(16), version=4))
-
-    results = []
-    for _ in range(n_jobs):
-        job_id = new_id()
-        tracks = [new_id() for _ in range(keys)]
-        classes = [CLASSES[k % len(CLASSES)] for k in range(keys)]
-        refs = []
-        all_labels: list[LabelEntry] = []
-        for f in range(frames):
-            frame_id = str(f)  # Playment numbers frames within a job ("0", "1", ...)
-            labels = tuple(
-                LabelEntry(k + 1, classes[k], f"class-{classes[k]}", tracks[k], frame_id) for k in range(keys)
-            )
-            all_labels.extend(labels)
-            camera_pose = Pose((0.5, -0.5, 0.5, -0.5), (0.5 * f, 0.1, 1.6))
-            refs.append(
-                FrameRef(
-                    project_id=project_id,
-                    job_id=job_id,
-                    frame_id=frame_id,
-                    frame_index=f,
-                    sensor_id="lidar",
-                    pointcloud_url=f"{PLAYMENT_STORAGE}/{project_id}/{job_id}/lidar/{f:06d}.pcd",
-                    mask_url=f"{PLAYMENT_STORAGE}/{project_id}/{job_id}/masks/{new_id()}.json",
-                    labels=labels,
-                    ego_pose=Pose((1.0, 0.0, 0.0, 0.0), (0.5 * f, 0.0, 0.0)),
-                    camera_poses=(camera_pose,) * len(cameras),
-                    cameras=cameras,
-                )
-            )
-        result = JobResult(project_id, job_id, "current", tuple(refs), cameras, tuple(all_labels))
-        results.append((result, rng.bytes(8).hex()))
-    return results
-
-
 def test_pickle_of_a_10000_frame_dataset_is_its_arrays_and_small(server, project, tmp_path):
     ds = make_dataset(server, tmp_path)
     ds[0]  # open the session and the cache handle first, as a training script would
     cameras = ds.frames[0].cameras
     assert len(cameras) == 2
     # 200 jobs x 50 frames, 30 label keys per frame (a busy street: stuff classes plus instances).
-    results = _synthetic_results(server.project_id, cameras, n_jobs=200, frames=50, keys=30)
+    results = index_results(server.project_id, n_jobs=200, frames_per_job=50, keys_per_frame=30, cameras=cameras)
     index = FrameIndex.build(server.project_id, results, ds.class_map)
     assert len(index) == 10_000
     ds._index = index  # no public setter: the dataset would resolve 200 jobs from the server otherwise

@@ -4,6 +4,7 @@
   loopback, with a request log and fault injection.
 * :func:`make_job`, :func:`add_synthetic_project`, :func:`generate_frames`: synthetic lidar jobs (a spinning
   multi-beam lidar ray-cast in a procedural street) with exact ground truth, in Playment's result format.
+* :func:`index_results`: parsed results with no files behind them, for index-scale tests.
 
     from playment_torch.testing import FakePlaymentServer, add_synthetic_project
 
@@ -22,6 +23,7 @@ from playment_torch.testing.synthetic import (
     SyntheticJob,
     add_synthetic_project,
     generate_frames,
+    index_results,
     make_job,
 )
 
@@ -35,5 +37,6 @@ __all__ = [
     "SyntheticJob",
     "add_synthetic_project",
     "generate_frames",
+    "index_results",
     "make_job",
 ]

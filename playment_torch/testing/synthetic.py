@@ -52,6 +52,8 @@ import numpy as np
 from playment_torch.errors import ConfigError
 from playment_torch.formats.masks import encode_mask
 from playment_torch.formats.pcd import encode_pcd
+from playment_torch.geometry import Camera, Pose
+from playment_torch.models import FrameRef, JobResult, LabelEntry
 from playment_torch.testing.server import PLAYMENT_STORAGE
 
 if TYPE_CHECKING:
@@ -64,6 +66,7 @@ __all__ = [
     "SyntheticJob",
     "add_synthetic_project",
     "generate_frames",
+    "index_results",
     "make_job",
 ]
 
@@ -1252,3 +1255,70 @@ def add_synthetic_project(
         )
         jobs.append(job)
     return jobs
+
+
+def index_results(
+    project_id: str,
+    *,
+    n_jobs: int,
+    frames_per_job: int,
+    keys_per_frame: int,
+    cameras: Sequence[Camera] | None = None,
+    seed: int = 0,
+) -> list[tuple[JobResult, str]]:
+    """Parsed job results with no files behind them, for index-scale tests and benchmarks.
+
+    Shaped like real Playment jobs: UUID job and track ids, URLs on Playment's storage, ``keys_per_frame``
+    per-instance label keys in every frame, an ego driving along x, and one pose per camera.
+
+    Args:
+        project_id: The project.
+        n_jobs: Jobs.
+        frames_per_job: Frames per job.
+        keys_per_frame: Label keys (instances) per frame, cycling through :data:`CLASSES`.
+        cameras: The jobs' cameras (default: two ``brown_conrady`` cameras).
+        seed: Seed of the ids.
+
+    Returns:
+        ``(result, digest)`` per job, as :meth:`playment_torch.index.FrameIndex.build` takes them.
+    """
+    rng = np.random.default_rng(seed)
+
+    def new_id() -> str:
+        return str(uuid.UUID(bytes=rng.bytes(16), version=4))
+
+    if cameras is None:
+        cameras = tuple(
+            Camera(new_id(), name, "brown_conrady", 1200.0, 1200.0, 960.0, 600.0, radial=(-0.1, 0.01))
+            for name in ("front", "rear")
+        )
+    cameras = tuple(cameras)
+    results = []
+    for _ in range(n_jobs):
+        job_id = new_id()
+        tracks = [new_id() for _ in range(keys_per_frame)]
+        classes = [CLASSES[k % len(CLASSES)] for k in range(keys_per_frame)]
+        refs = []
+        for f in range(frames_per_job):
+            frame_id = str(f)  # Playment numbers frames within a job ("0", "1", ...)
+            refs.append(
+                FrameRef(
+                    project_id=project_id,
+                    job_id=job_id,
+                    frame_id=frame_id,
+                    frame_index=f,
+                    sensor_id="lidar",
+                    pointcloud_url=f"{PLAYMENT_STORAGE}/{project_id}/{job_id}/lidar/{f:06d}.pcd",
+                    mask_url=f"{PLAYMENT_STORAGE}/{project_id}/{job_id}/masks/{new_id()}.json",
+                    labels=tuple(
+                        LabelEntry(k + 1, classes[k], f"class-{classes[k]}", tracks[k], frame_id)
+                        for k in range(keys_per_frame)
+                    ),
+                    ego_pose=Pose((1.0, 0.0, 0.0, 0.0), (0.5 * f, 0.0, 0.0)),
+                    camera_poses=(Pose((0.5, -0.5, 0.5, -0.5), (0.5 * f + 1.5, 0.1, 1.6)),) * len(cameras),
+                    cameras=cameras,
+                )
+            )
+        labels = tuple(label for ref in refs for label in ref.labels)
+        results.append((JobResult(project_id, job_id, "current", tuple(refs), cameras, labels), rng.bytes(8).hex()))
+    return results
