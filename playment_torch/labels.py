@@ -139,15 +139,8 @@ class LabelLookup:
         Returns:
             ``(labels, instances)``: int64 arrays like ``mask``; unknown keys get ``ignore_index`` and -1.
         """
-        return apply_lookup(self.keys, self.classes, self.instances, mask, ignore_index)
-
-
-def apply_lookup(
-    keys: np.ndarray, classes: np.ndarray, instances: np.ndarray, mask: np.ndarray, ignore_index: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """See :meth:`LabelLookup.apply`; works on the flat arrays the dataset index stores."""
-    mask = np.asarray(mask, dtype=np.int64)
-    return map_keys(keys, classes, mask, ignore_index), map_keys(keys, instances, mask, -1)
+        mask = np.asarray(mask, dtype=np.int64)
+        return map_keys(self.keys, self.classes, mask, ignore_index), map_keys(self.keys, self.instances, mask, -1)
 
 
 _INT64_MIN = int(np.iinfo(np.int64).min)

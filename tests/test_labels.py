@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from playment_torch.errors import ConfigError
-from playment_torch.labels import ClassMap, LabelLookup, apply_lookup
+from playment_torch.labels import ClassMap, LabelLookup
 from playment_torch.models import LabelEntry
 
 INT64_MIN = int(np.iinfo(np.int64).min)
@@ -219,7 +219,9 @@ def test_apply_lookup_matches_python(keys: list[int], extra: list[int], ignore_i
     classes = np.arange(len(ordered), dtype=np.int64)
     instances = np.arange(len(ordered), dtype=np.int64) + 1000
     mask = np.array(ordered + extra + [k + 1 for k in ordered if k < INT64_MAX], dtype=np.int64)
-    labels, found_instances = apply_lookup(np.array(ordered, dtype=np.int64), classes, instances, mask, ignore_index)
+    labels, found_instances = LabelLookup(np.array(ordered, dtype=np.int64), classes, instances).apply(
+        mask, ignore_index
+    )
     position = {k: i for i, k in enumerate(ordered)}
     assert labels.tolist() == [position.get(int(k), ignore_index) for k in mask]
     assert found_instances.tolist() == [position[int(k)] + 1000 if int(k) in position else -1 for k in mask]
