@@ -14,12 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from shared_data import PCD_DATA as DATA
+from shared_data import requires_shared_data, shared_files
 
 from playment_torch.errors import PlaymentFormatError
 from playment_torch.formats.pcd import PCDHeader, PointCloud, encode_pcd, read_pcd, write_pcd
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pcd"
-FILES = sorted((DATA / "files").glob("*.pcd"))
+FILES = shared_files()
 GOOD_FILES = [f for f in FILES if "corrupt" not in f.name]
 ENCODINGS = ("ascii", "binary", "binary_compressed")
 
@@ -45,10 +46,12 @@ def same_values(got: np.ndarray, want: np.ndarray, *, nan_payloads: bool = True)
 # ---------------------------------------------------------------------------------------------------------
 
 
+@requires_shared_data
 def test_reference_data_is_present() -> None:
     assert len(GOOD_FILES) >= 30, f"shared test data missing under {DATA}"
 
 
+@requires_shared_data
 @pytest.mark.parametrize("path", GOOD_FILES, ids=lambda p: p.name)
 def test_reference_file_matches_expected(path: Path) -> None:
     cloud = read_pcd(path)
@@ -62,6 +65,7 @@ def test_reference_file_matches_expected(path: Path) -> None:
         assert same_values(got, want), name
 
 
+@requires_shared_data
 @pytest.mark.parametrize(
     ("name", "encoding", "width", "height", "version", "viewpoint"),
     [
@@ -83,6 +87,7 @@ def test_reference_file_headers(
     assert header.points == width * height
 
 
+@requires_shared_data
 def test_count_64_field_header_and_layout() -> None:
     cloud = read_pcd(DATA / "files" / "pcl__brisk_descriptors_gt.pcd")
     assert cloud.header.counts == (1, 1, 64)
@@ -90,11 +95,13 @@ def test_count_64_field_header_and_layout() -> None:
     assert cloud.data["brisk_descriptor512"].shape == (1534, 64)
 
 
+@requires_shared_data
 def test_corrupt_compressed_file_raises() -> None:
     with pytest.raises(PlaymentFormatError, match=r"byte \d+"):
         read_pcd(DATA / "files" / "pcdrs__corrupt_compressed.pcd")
 
 
+@requires_shared_data
 @pytest.mark.parametrize(
     "as_source",
     [
@@ -119,6 +126,7 @@ def test_sources_decode_alike_and_own_their_memory(as_source: Callable[[Path], o
         assert not np.shares_memory(cloud.data, np.frombuffer(source, dtype=np.uint8))
 
 
+@requires_shared_data
 def test_binary_dtype_is_packed_like_the_file() -> None:
     cloud = read_pcd(DATA / "files" / "patchwork__000000.pcd")
     dtype = cloud.data.dtype
