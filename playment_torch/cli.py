@@ -127,9 +127,6 @@ def _dataset(args: argparse.Namespace, **options: Any) -> Any:
     from playment_torch.dataset import PlaymentSegmentationDataset
 
     refresh = options.pop("refresh", "if_missing")
-    # The shell's commands do not know a training script's point fields: cache the decoded arrays only, from
-    # which any training run derives its finished samples.
-    options.setdefault("cache_samples", False)
     client = None
     if refresh != "never":
         client = PlaymentClient(base_url=args.base_url or DEFAULT_BASE_URL)

@@ -12,13 +12,15 @@ Choices where the issue is silent (also in the README):
   for all of them again and downloads only what changed: point clouds are keyed by URL and stay; masks (and
   legacy mask clouds) are keyed by the result's digest too, so a relabelled job gets new masks. ``"never"``
   never touches the network.
-* With ``on_error="skip"`` a job that fails to resolve is left out at construction; a frame that fails to load
-  in ``ds[i]`` is replaced by the next frame that loads, trying at most 8 (the length of a map-style dataset
-  cannot change under a running DataLoader), with one warning per frame; :meth:`prefetch` removes failing
-  frames from the index.
-* Warm items are one read: each frame's finished ``(points, labels)`` is cached beside the decoded point cloud
-  and mask (``cache_samples=True``), keyed by the result digest, the point fields and the class map; the
-  decoded arrays stay, so other fields or classes are derived again without the network.
+* With ``on_error="skip"`` a job that fails to resolve is left out at construction (``ds.failed_jobs`` names
+  it). ``ds[i]`` is always frame ``i``: a frame that fails to load gives a placeholder of that same frame (its
+  points with every label ``ignore_index`` when only the mask failed, no points when the point cloud failed),
+  with one warning per frame and process, counted in ``stats().failed_frames``. To train on what loads only,
+  narrow the dataset explicitly: ``ds.subset(ds.prefetch().loaded)`` returns a *new* dataset; nothing changes the
+  index of a dataset that DataLoader workers already hold.
+* The stored form of a frame is its finished points and its compact mask (see :mod:`playment_torch._store`);
+  labels are mapped from the mask on every read, so another ``classes`` downloads nothing, while another
+  ``point_fields`` downloads each point cloud once more.
 * Multi-sweep (``sweeps=k``): ``sweep_reference="shared"`` (the default, Playment's rule that a job's point
   clouds and poses share one frame of reference) moves nothing between sweeps; ``"ego_pose"`` treats each cloud
   as being in its own ego/lidar frame with ``ego_pose`` its pose in a shared world, and moves sweep ``j`` by
@@ -27,6 +29,7 @@ Choices where the issue is silent (also in the README):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -44,22 +47,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from playment_torch._counters import SharedCounters
+from playment_torch._store import FrameStore
 from playment_torch.cache import ArrayCache, cache_key
 from playment_torch.client import PlaymentClient
 from playment_torch.errors import (
     CacheError,
     ConfigError,
-    FrameError,
     JobNotCompletedError,
     PlaymentError,
-    PlaymentFormatError,
-    redact_url,
 )
-from playment_torch.formats.masks import label_keys, read_mask
-from playment_torch.formats.pcd import read_pcd
 from playment_torch.geometry import Camera, invert_transform
 from playment_torch.index import FrameIndex
-from playment_torch.labels import ClassMap
+from playment_torch.labels import ClassMap, check_known_classes
 from playment_torch.models import FrameRef, Job, JobResult, Project
 from playment_torch.sample import Sample
 
@@ -76,16 +76,21 @@ SWEEP_REFERENCES = ("shared", "ego_pose")
 
 @dataclass
 class DatasetStats:
-    """What this process's dataset did: look here when an epoch is slow.
+    """What a dataset did, summed over every process that holds a copy of it on this machine (the main
+    process, its DataLoader workers, DDP ranks sharing the cache directory): look here when an epoch is slow.
+
+    Counters only grow; for one epoch, subtract: ``before = ds.stats(); ...; print(ds.stats() - before)``.
 
     Attributes:
         items: Samples built.
-        hits: Reads the disk cache served: a finished sample counts once, a point cloud or mask once each.
+        hits: Records the disk cache served (a frame's points and its mask count once each).
         misses: Point clouds and masks that had to be downloaded and decoded.
         bytes_downloaded: Bytes of point clouds and masks downloaded.
-        download_seconds: Time spent downloading (summed over threads).
+        download_seconds: Time spent downloading (summed over threads and processes).
         decode_seconds: Time spent decoding PCD and mask bytes.
         load_seconds: Time spent in ``ds[i]`` in all (cache reads, decoding, labels, tensors).
+        nonfinite_points: Points with NaN or infinite coordinates, counted when their frame was decoded.
+        failed_frames: Items that gave a placeholder because their frame failed (``on_error="skip"``).
     """
 
     items: int = 0
@@ -95,9 +100,38 @@ class DatasetStats:
     download_seconds: float = 0.0
     decode_seconds: float = 0.0
     load_seconds: float = 0.0
+    nonfinite_points: int = 0
+    failed_frames: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def _from_totals(cls, totals: Mapping[str, float]) -> DatasetStats:
+        values = {f.name: (float if f.type == "float" else int)(totals.get(f.name, 0)) for f in fields(cls)}
+        return cls(**values)  # type: ignore[arg-type]
+
+    def __sub__(self, other: DatasetStats) -> DatasetStats:
+        return DatasetStats(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
+
+    @property
+    def hit_ratio(self) -> float:
+        """Share of record reads the cache served (1.0 when nothing was read)."""
+        reads = self.hits + self.misses
+        return self.hits / reads if reads else 1.0
+
+    def __str__(self) -> str:
+        per_item = 1000 * self.load_seconds / self.items if self.items else 0.0
+        text = (
+            f"{self.items} items, cache hit ratio {self.hit_ratio:.1%}, {self.misses} downloads "
+            f"({self.bytes_downloaded / 2**20:.1f} MiB in {self.download_seconds:.1f}s), "
+            f"{per_item:.2f} ms per item"
+        )
+        if self.failed_frames:
+            text += f", {self.failed_frames} failed"
+        if self.nonfinite_points:
+            text += f", {self.nonfinite_points} non-finite points"
+        return text
 
 
 @dataclass
@@ -109,7 +143,11 @@ class PrefetchReport:
         downloaded: Frames that needed a download (the others were in the cache already).
         bytes_downloaded: Bytes downloaded.
         seconds: Wall time.
-        failures: ``(job_id, frame_id, message)`` of frames that failed.
+        failures: ``(job_id, frame_id, reason)`` of frames that failed, sorted; ``reason`` does not repeat the
+            job and frame.
+        failed: Positions (dataset indices) of the frames that failed.
+        first_error: The first failure's exception (the others are kept as messages only, so that a large
+            project failing systematically does not hold every download's traceback and body).
     """
 
     frames: int = 0
@@ -117,6 +155,21 @@ class PrefetchReport:
     bytes_downloaded: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    first_error: PlaymentError | None = field(default=None, repr=False)
+
+    @property
+    def loaded(self) -> list[int]:
+        """Positions of the frames that are cached now: ``ds.subset(report.loaded)`` keeps exactly those."""
+        failed = set(self.failed)
+        return [i for i in range(self.frames) if i not in failed]
+
+    def failures_by_job(self) -> dict[str, list[tuple[str, str]]]:
+        """``job_id -> [(frame_id, reason), ...]``, jobs sorted."""
+        grouped: dict[str, list[tuple[str, str]]] = {}
+        for job_id, frame_id, reason in self.failures:
+            grouped.setdefault(job_id, []).append((frame_id, reason))
+        return dict(sorted(grouped.items()))
 
     def __str__(self) -> str:
         mib = self.bytes_downloaded / 2**20
@@ -149,9 +202,9 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         num_threads: Threads for resolving jobs.
         progress: ``False`` silences progress bars; otherwise they are shown on a terminal.
         cache_size_limit: Bytes the cache may use before evicting least recently used entries.
-        cache_samples: Also cache each frame's finished ``(points, labels)`` (about 4 bytes per point per
-            field plus 8 per label), so that a warm ``ds[i]`` is a single read. ``False`` saves that disk space
-            and derives them from the decoded arrays on every access.
+        allow_unknown_classes: Accept names in ``classes`` that no job of the dataset uses (a class list shared
+            across projects). By default such a name is a :class:`ConfigError` that lists the project's names,
+            because a typo (``"Road"`` for ``"road"``) would silently turn a class into ``ignore_index``.
 
     Raises:
         ConfigError: an option has a wrong value.
@@ -180,7 +233,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         num_threads: int = 16,
         progress: bool | None = None,
         cache_size_limit: int | None = None,
-        cache_samples: bool = True,
+        allow_unknown_classes: bool = False,
     ) -> None:
         _choose("refresh", refresh, REFRESH_POLICIES)
         _choose("on_error", on_error, ON_ERROR)
@@ -210,26 +263,28 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         self.sweep_reference = sweep_reference
         self.num_threads = max(1, int(num_threads))
         self.progress = progress
-        self.cache_samples = cache_samples
         self._client = client
         self.cache = ArrayCache(cache_dir, size_limit=cache_size_limit)
-        self._stats = DatasetStats()
-        self._stats_lock = threading.Lock()
-        self._per_thread = threading.local()
+        self._counters = SharedCounters(self.cache.directory)
         self._warned: set[int] = set()
+        #: Jobs left out at construction (``on_error="skip"``): job id -> why.
+        self.failed_jobs: dict[str, str] = {}
+        #: Jobs that are not completed and so have no result yet: job id -> status.
+        self.pending_jobs: dict[str, str] = {}
 
         results = self._resolve(
             None if job_ids is None else list(job_ids), None if batch_ids is None else list(batch_ids)
         )
         available = {entry.label for result, _ in results for entry in result.labels}
         self.class_map = ClassMap(classes, available=available, ignore_index=self.ignore_index)
-        # What a cached sample depends on besides the frame: fields, class map, ignore index.
-        recipe = json.dumps([self.point_fields, sorted(self.class_map.mapping.items()), self.ignore_index])
-        self._sample_signature = hashlib.sha256(recipe.encode()).hexdigest()[:16]
+        if results and not allow_unknown_classes:
+            class_ids = {entry.class_id for result, _ in results for entry in result.labels}
+            check_known_classes(self.class_map, available, class_ids)
         self._index = FrameIndex.build(project_id, results, self.class_map)
         skipped = sum(len(result.skipped_frames) for result, _ in results)
         if skipped:
             logger.info("%d frames have no lidar point cloud or no mask and are not items", skipped)
+        self._store = self._make_store()
 
     # ------------------------------------------------------------------------------------------- basics
 
@@ -239,6 +294,9 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         if self._client is None:
             self._client = PlaymentClient()
         return self._client
+
+    def _get_client(self) -> PlaymentClient:
+        return self.client
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -267,36 +325,61 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
     def __getstate__(self) -> dict[str, Any]:
         # Workers get the index and the configuration; sessions, locks and databases reopen in each process.
         state = self.__dict__.copy()
-        del state["_stats_lock"]
-        del state["_per_thread"]
-        state["_stats"] = DatasetStats()
         state["_warned"] = set()
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._stats_lock = threading.Lock()
-        self._per_thread = threading.local()
+    def _make_store(self) -> FrameStore:
+        return FrameStore(
+            self._index,
+            self.cache,
+            self._get_client,  # a bound method, not a lambda: the store pickles with the dataset
+            point_fields=self.point_fields,
+            ignore_index=self.ignore_index,
+            offline=self.refresh == "never",
+            count=self._counters.add,
+        )
+
+    def subset(self, positions: Iterable[int]) -> PlaymentSegmentationDataset:
+        """A new dataset of some of this one's frames (in dataset order); this dataset does not change.
+
+        For example ``ds.subset(ds.prefetch().loaded)`` keeps the frames that are cached, and
+        ``ds.subset(range(0, len(ds), 10))`` every tenth. The new dataset shares the configuration, the cache
+        and the client; its stats start at zero.
+
+        Args:
+            positions: Items of this dataset (negative positions count from the end).
+
+        Returns:
+            The narrowed dataset.
+
+        Raises:
+            IndexError: A position is out of range.
+        """
+        keep = np.zeros(len(self), dtype=bool)
+        for i in positions:
+            keep[self._position(i)] = True
+        narrowed = copy.copy(self)
+        narrowed._index = self._index.subset(keep)
+        narrowed._counters = SharedCounters(self.cache.directory)
+        narrowed._warned = set()
+        narrowed._store = narrowed._make_store()
+        return narrowed
 
     def cameras(self, i: int) -> tuple[Camera, ...]:
         """The cameras of item ``i``'s job, in ``sensor_meta`` order (models, distortion, scale factors)."""
         return self._index.job_of(self._position(i)).cameras
 
     def stats(self) -> DatasetStats:
-        """This process's counters (cache hits and misses, bytes, download and decode time)."""
-        with self._stats_lock:
-            return DatasetStats(**self._stats.as_dict())  # type: ignore[arg-type]
+        """Counters of this dataset summed over every process that holds a copy of it on this machine.
 
-    def _count(self, **deltas: float) -> None:
-        with self._stats_lock:
-            for name, delta in deltas.items():
-                setattr(self._stats, name, getattr(self._stats, name) + delta)
-        if "misses" in deltas:
-            self._per_thread.misses = self._thread_misses() + int(deltas["misses"])
+        DataLoader workers (persistent or not) and DDP ranks sharing the cache directory all count here; see
+        :class:`DatasetStats` for an epoch's share.
+        """
+        return DatasetStats._from_totals(self._counters.totals())
 
-    def _thread_misses(self) -> int:
-        """Downloads made by the calling thread (prefetch tells frames that needed one from cached ones)."""
-        return int(getattr(self._per_thread, "misses", 0))
+    def reset_stats(self) -> None:
+        """Set this dataset's counters back to zero, in every process that holds a copy of it."""
+        self._counters.reset()
 
     def _position(self, i: int) -> int:
         i = operator.index(i)
@@ -312,32 +395,11 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
     def __getitem__(self, i: int) -> Sample:
         position = self._position(i)
         started = time.perf_counter()
-        if self.on_error == "raise":
-            sample = self._sample(position)
-        else:
-            sample = self._sample_or_next(position)
+        sample = self._sample(position)
         if self.transform is not None:
             sample = self.transform(sample)
-        self._count(items=1, load_seconds=time.perf_counter() - started)
+        self._counters.add(items=1, load_seconds=time.perf_counter() - started)
         return sample
-
-    def _sample_or_next(self, position: int) -> Sample:
-        n = len(self._index)
-        failure: PlaymentError | None = None
-        # A few substitutes at most: when the server is down, every frame fails, each after its retries.
-        for step in range(min(n, _MAX_SUBSTITUTES + 1)):
-            candidate = (position + step) % n
-            try:
-                return self._sample(candidate)
-            except PlaymentError as exc:
-                failure = exc
-                if candidate not in self._warned:
-                    self._warned.add(candidate)
-                    warnings.warn(f"skipping {exc}", RuntimeWarning, stacklevel=3)
-        raise PlaymentError(
-            f"on_error='skip': item {position} and the {min(n, _MAX_SUBSTITUTES + 1) - 1} frames after it all "
-            f"failed; last: {failure}"
-        ) from failure
 
     def instances(self, i: int) -> torch.Tensor:
         """Per-point instance ids of item ``i``, for panoptic work.
@@ -349,17 +411,33 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             int64 ``(N,)`` in point order: an index into the job's tracks (``ds.index.job_of(i).tracks``), the
             same for an object in every frame of its job; -1 where a point belongs to no track.
         """
-        position = self._position(i)
-        data = self._points_array(position)
-        mask = self._mask_array(position, data)
-        return torch.from_numpy(self._index.instances_of(position, mask))
+        return torch.from_numpy(self._store.instances(self._position(i)))
+
+    def _frame(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """Points and labels of one frame; with ``on_error="skip"`` a placeholder of it when it fails."""
+        if self.on_error == "raise":
+            loaded = self._store.load(position)
+        else:
+            loaded = self._store.load(position, lenient=True)
+            if loaded.failure is not None:
+                self._counters.add(failed_frames=1)
+                if position not in self._warned:
+                    self._warned.add(position)
+                    kept = "no points" if not len(loaded.points) else "every label ignore_index"
+                    warnings.warn(
+                        f"on_error='skip': {self._store.where(position)} failed, so item {position} has {kept}: "
+                        f"{_reason(loaded.failure, self._store.where(position))}",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+        return loaded.points, loaded.labels
 
     def _sample(self, position: int) -> Sample:
         index = self._index
         job = index.job_of(position)
         poses = index.poses(position)
         reference = poses[0]
-        points, labels = self._frame_arrays(position)
+        points, labels = self._frame(position)
         if self.sweeps > 1:
             points, labels = self._accumulate(position, points, labels, reference)
         if self.sweep_reference == "ego_pose":
@@ -378,59 +456,40 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             torch.from_numpy(job.intrinsics.copy()),
         )
 
-    def _frame_arrays(self, position: int) -> tuple[np.ndarray, np.ndarray]:
-        """Points ``(N, C)`` float32 and labels ``(N,)`` int64 of one frame, from the cache or the network.
+    def _earlier_frame(self, position: int, back: int) -> int | None:
+        """The item holding the frame ``back`` frames before ``position``'s in its job, if this dataset has it.
 
-        The finished pair is cached too (``cache_samples``), under a key that names the result digest, the
-        point fields and the class map: a warm ``ds[i]`` is then one read into the arrays it returns, with no
-        per-point work at all. The decoded point cloud and mask stay cached beside it, so another choice of
-        fields or classes is derived again without the network.
+        Adjacency is by the frames' positions in their job, not by item number: a dataset narrowed with
+        :meth:`subset` (or a job with frames that are not items) must not merge frames that were not adjacent.
         """
-        key = self._sample_key(position) if self.cache_samples else None
-        if key is not None:
-            cached = self.cache.get_array(key)
-            if cached is not None:
-                self._count(hits=1)
-                return _split_sample(cached)
-        data = self._points_array(position)
-        mask = self._mask_array(position, data)
-        if len(mask) != len(data):
-            raise PlaymentFormatError(
-                f"{self._where(position)}: the mask has {len(mask)} label keys but the point cloud has "
-                f"{len(data)} points"
-            )
-        # The mask is a fresh array of this call's own: mapping may overwrite it instead of allocating.
-        labels = self._index.classes_of(position, mask, self.ignore_index, consume=True)
-        points = self._select_fields(position, data)
-        if key is not None:
-            self.cache.put_array(key, _join_sample(points, labels))
-        return points, labels
-
-    def _sample_key(self, position: int) -> str:
         index = self._index
-        job = index.job_of(position)
-        return cache_key(
-            f"sample@{job.digest}@{self._sample_signature}",
-            project_id=self.project_id,
-            job_id=job.job_id,
-            frame_id=index.frame_ids[position],
-            sensor_id=index.sensor_ids[position],
-            url=index.pointcloud_urls[position],
-        )
+        wanted = int(index.frame_position[position]) - back
+        job = index.frame_job[position]
+        candidate = position - 1
+        # Items of a job are in frame order, so the wanted frame, if present, is among the few items before.
+        while candidate >= 0 and index.frame_job[candidate] == job and index.frame_position[candidate] > wanted:
+            candidate -= 1
+        if candidate < 0 or index.frame_job[candidate] != job or index.frame_position[candidate] != wanted:
+            return None
+        return candidate
 
     def _accumulate(
         self, position: int, points: np.ndarray, labels: np.ndarray, reference: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Merge up to ``sweeps - 1`` earlier frames of the same job into the key frame's coordinates."""
+        """Merge up to ``sweeps - 1`` earlier frames of the same job into the key frame's coordinates.
+
+        The last column is how many frames before the key frame a point's frame was (0 for the key frame).
+        Frames missing from the dataset are left out, so a sweep may hold fewer clouds at a job's start.
+        """
         index = self._index
         key_to_world = reference if self.sweep_reference == "ego_pose" else None
         parts = [np.column_stack([points, np.zeros(len(points), dtype=np.float32)])]
         label_parts = [labels]
         for back in range(1, self.sweeps):
-            earlier = position - back
-            if earlier < 0 or index.frame_job[earlier] != index.frame_job[position]:
-                break  # frames at the start of a job use what exists
-            sweep_points, sweep_labels = self._frame_arrays(earlier)
+            earlier = self._earlier_frame(position, back)
+            if earlier is None:
+                continue
+            sweep_points, sweep_labels = self._frame(earlier)
             if key_to_world is not None:
                 motion = invert_transform(key_to_world) @ index.poses(earlier)[0]
                 sweep_points = _transform_xyz(sweep_points, motion)
@@ -440,122 +499,18 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             label_parts.append(sweep_labels)
         return np.concatenate(parts).astype(np.float32, copy=False), np.concatenate(label_parts)
 
-    def _where(self, position: int) -> str:
-        return f"job {self._index.job_of(position).job_id}, frame {self._index.frame_ids[position]}"
-
-    def _select_fields(self, position: int, data: np.ndarray) -> np.ndarray:
-        """The ``point_fields`` columns of a structured array, as float32 ``(N, C)``."""
-        names = data.dtype.names or ()
-        chosen = []
-        for wanted in self.point_fields:
-            name = wanted if wanted in names else _case_insensitive(wanted, names)
-            if name is None:
-                raise PlaymentFormatError(
-                    f"{self._where(position)}: the point cloud has no field {wanted!r}; it has "
-                    f"{', '.join(names) or 'no fields'} (choose point_fields among them)"
-                )
-            chosen.append(name)
-        fields: Mapping[str, Any] = data.dtype.fields or {}
-        offsets = [fields[name][1] for name in chosen]
-        if (
-            data.flags.c_contiguous
-            and all(fields[name][0] == np.float32 for name in chosen)
-            and offsets == list(range(offsets[0], offsets[0] + 4 * len(chosen), 4))
-        ):
-            # The common case (x y z intensity ... stored as consecutive float32): one strided copy.
-            view = np.ndarray(
-                (len(data), len(chosen)), np.float32, buffer=data, offset=offsets[0], strides=(data.itemsize, 4)
-            )
-            return view.copy()
-        columns = [data[name].reshape(len(data), -1) for name in chosen]
-        out = np.empty((len(data), sum(c.shape[1] for c in columns)), dtype=np.float32)
-        at = 0
-        for column in columns:
-            out[:, at : at + column.shape[1]] = column
-            at += column.shape[1]
-        return out
-
-    def _points_array(self, position: int) -> np.ndarray:
-        index = self._index
-        url = index.pointcloud_urls[position]
-        legacy = bool(index.legacy[position])
-        # A legacy point cloud is also the mask: relabelling rewrites it, so its key names the result's digest.
-        key = cache_key(
-            f"points@{index.job_of(position).digest}" if legacy else "points",
-            project_id=self.project_id,
-            job_id=index.job_of(position).job_id,
-            frame_id=index.frame_ids[position],
-            sensor_id=index.sensor_ids[position],
-            url=url,
-        )
-        return self._cached_array(position, key, url, lambda body: read_pcd(body).data, private=legacy)
-
-    def _mask_array(self, position: int, points: np.ndarray) -> np.ndarray:
-        index = self._index
-        if index.legacy[position]:
-            # A legacy mask is a PCD with x y z label_key: the point cloud already holds it.
-            try:
-                return label_keys(points)
-            except PlaymentFormatError as exc:
-                raise PlaymentFormatError(f"{self._where(position)}: {exc}") from exc
-        job = index.job_of(position)
-        url = index.mask_urls[position]
-        key = cache_key(
-            f"mask@{job.digest}",
-            project_id=self.project_id,
-            job_id=job.job_id,
-            frame_id=index.frame_ids[position],
-            sensor_id=index.sensor_ids[position],
-            url=url,
-        )
-        return self._cached_array(position, key, url, lambda body: _compact_keys(read_mask(body)), private=True)
-
-    def _cached_array(
-        self, position: int, key: str, url: str, decode: Callable[[bytes], np.ndarray], *, private: bool = False
-    ) -> np.ndarray:
-        cached = self.cache.get_array(key)
-        if cached is not None:
-            self._count(hits=1)
-            return cached
-        if self.refresh == "never":
-            raise CacheError(f"{self._where(position)}: {redact_url(url)} is not cached and refresh='never'")
-
-        def create() -> np.ndarray:
-            started = time.perf_counter()
-            # Masks (and legacy mask clouds) are Playment's private files: always through the attachments API.
-            body = self.client.download(url, private=private)
-            downloaded = time.perf_counter()
-            try:
-                array = decode(body)
-            except PlaymentFormatError as exc:
-                raise PlaymentFormatError(f"{self._where(position)}: {redact_url(url)}: {exc}") from exc
-            self._count(
-                misses=1,
-                bytes_downloaded=len(body),
-                download_seconds=downloaded - started,
-                decode_seconds=time.perf_counter() - downloaded,
-            )
-            return array
-
-        try:
-            return self.cache.get_or_create(key, create)
-        except (PlaymentFormatError, CacheError, FrameError):
-            raise
-        except PlaymentError as exc:
-            job = self._index.job_of(position).job_id
-            raise FrameError(str(exc), job_id=job, frame_id=self._index.frame_ids[position]) from exc
-
     # ------------------------------------------------------------------------------------------- prefetch
 
     def prefetch(self, num_threads: int = 16, progress: bool | None = True) -> PrefetchReport:
-        """Download and cache every frame's point cloud and mask, concurrently.
+        """Download and cache every frame's points and mask, concurrently. The dataset itself does not change.
 
         Args:
             num_threads: Concurrent downloads.
             progress: Allow a progress bar (it is shown only on a terminal).
 
         Returns:
-            Frames, bytes, time and failures. With ``on_error="skip"`` failing frames leave the index.
+            Frames, bytes, time and failures; ``ds.subset(report.loaded)`` is a new dataset of the frames that
+            loaded.
 
         Raises:
             PlaymentError: some frames failed and ``on_error="raise"`` (the first failure is chained).
@@ -563,21 +518,23 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         started = time.perf_counter()
         before = self.stats()
         report = PrefetchReport(frames=len(self))
-        failed = np.zeros(len(self), dtype=bool)
-        errors: list[PlaymentError] = []
-
         downloaded = np.zeros(len(self), dtype=bool)
+        lock = threading.Lock()
 
         def load(position: int) -> None:
-            # Downloads happen in this thread (get_or_create runs the download in its caller): count them here.
-            before = self._thread_misses()
             try:
-                self._frame_arrays(position)  # the finished sample too, so that the first epoch is warm
+                downloaded[position] = self._store.ensure(position)
             except PlaymentError as exc:
-                failed[position] = True
-                errors.append(exc)
-                report.failures.append((self._index.job_of(position).job_id, self._index.frame_ids[position], str(exc)))
-            downloaded[position] = self._thread_misses() > before
+                where = self._store.where(position)
+                with lock:
+                    report.failed.append(position)
+                    report.failures.append(
+                        (self._index.job_of(position).job_id, self._index.frame_ids[position], _reason(exc, where))
+                    )
+                    if report.first_error is None:
+                        report.first_error = exc
+                # Only the first exception is kept: a traceback holds its frames' locals, download bodies included.
+                del exc
 
         with (
             ThreadPoolExecutor(max(1, num_threads)) as pool,
@@ -590,17 +547,13 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         report.bytes_downloaded = after.bytes_downloaded - before.bytes_downloaded
         report.seconds = time.perf_counter() - started
         report.failures.sort()
-        if errors and self.on_error == "raise":
+        report.failed.sort()
+        if report.failures and self.on_error == "raise":
+            job_id, frame_id, reason = report.failures[0]
             raise PlaymentError(
-                f"prefetch: {len(errors)} of {len(self)} frames failed; first: {report.failures[0][2]}"
-            ) from errors[0]
-        if errors:
-            warnings.warn(
-                f"prefetch: leaving out {len(errors)} frames that failed, e.g. {report.failures[0][2]}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self._index = self._index.subset(~failed)
+                f"prefetch: {len(report.failures)} of {len(self)} frames failed; first: job {job_id}, frame "
+                f"{frame_id}: {reason}"
+            ) from report.first_error
         return report
 
     def _bar(self, total: int, desc: str, unit: str, progress: bool | None = None) -> Any:
@@ -658,9 +611,11 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             outcome = outcomes[job_id]
             if isinstance(outcome, str):
                 pending.append(f"{job_id} ({outcome})")
+                self.pending_jobs[job_id] = outcome
             elif isinstance(outcome, PlaymentError):
                 if self.on_error == "raise":
                     raise outcome
+                self.failed_jobs[job_id] = str(outcome)
                 warnings.warn(f"skipping job {job_id}: {outcome}", RuntimeWarning, stacklevel=3)
             else:
                 results.append(outcome)
@@ -768,44 +723,18 @@ class _FrameSequence(Sequence[FrameRef]):
         return self._index.frame_ref(i)
 
 
-def _join_sample(points: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """One byte buffer: labels (int64, first, so they stay 8-byte aligned) then points (float32, C order)."""
-    out = np.empty(8 + labels.nbytes + points.nbytes, dtype=np.uint8)
-    out[:8].view(np.int64)[0] = points.shape[1]
-    out[8 : 8 + labels.nbytes].view(np.int64)[:] = labels
-    out[8 + labels.nbytes :].view(np.float32)[:] = points.ravel()
-    return out
-
-
-def _split_sample(buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Views of :func:`_join_sample`'s buffer: ``(points (N, C) float32, labels (N,) int64)``, no copy."""
-    columns = int(buffer[:8].view(np.int64)[0])
-    count = (buffer.size - 8) // (8 + 4 * columns)
-    labels = buffer[8 : 8 + 8 * count].view(np.int64)
-    points = buffer[8 + 8 * count :].view(np.float32).reshape(count, columns)
-    return points, labels
-
-
-def _compact_keys(keys: np.ndarray) -> np.ndarray:
-    """Label keys in the smallest integer type that holds them (masks are mostly small keys)."""
-    if keys.size == 0:
-        return keys
-    low, high = int(keys.min()), int(keys.max())
-    for dtype in (np.uint8, np.int16, np.int32):
-        info = np.iinfo(dtype)
-        if info.min <= low and high <= info.max:
-            return keys.astype(dtype)
-    return keys
-
-
 def _choose(name: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
-def _case_insensitive(wanted: str, names: Sequence[str]) -> str | None:
-    matches = [n for n in names if n.lower() == wanted.lower()]
-    return matches[0] if len(matches) == 1 else None
+def _reason(exc: BaseException, where: str) -> str:
+    """An error's message without the ``job J, frame F:`` it may start with (the caller names the frame once)."""
+    message = " ".join(str(exc).split())
+    for prefix in (where + ": ", where + " "):
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
 
 
 def _transform_xyz(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ annotation names, and classes the class map leaves out, become ``ignore_index``.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import numpy as np
 from playment_torch.errors import ConfigError
 from playment_torch.models import LabelEntry
 
-__all__ = ["ClassMap", "LabelLookup"]
+__all__ = ["ClassMap", "LabelLookup", "check_known_classes"]
 
 
 class ClassMap:
@@ -119,6 +120,36 @@ class ClassMap:
             classes=np.array([self.index_of(e) for e in ordered], dtype=np.int64),
             instances=np.array([track_ids.get(e.track_id, -1) if e.track_id else -1 for e in ordered], dtype=np.int64),
         )
+
+
+def check_known_classes(class_map: ClassMap, labels: Iterable[str], class_ids: Iterable[str] = ()) -> None:
+    """Refuse class names that nothing in the data uses: a typo would silently make a class ``ignore_index``.
+
+    Args:
+        class_map: The user's class map (a list's or a dict's names).
+        labels: Every label name the dataset's jobs use (suggested and listed in the message).
+        class_ids: Every Playment class id they use (names may be class ids too).
+
+    Raises:
+        ConfigError: Some names are unknown; the message suggests close matches (case-insensitively first) and
+            lists the names the data has.
+    """
+    known = sorted(set(labels))
+    valid = set(known) | set(class_ids)
+    unknown = [name for name in class_map.mapping if name not in valid]
+    if not unknown:
+        return
+    lowered = {name.lower(): name for name in known}
+    hints = []
+    for name in unknown:
+        match = lowered.get(name.lower())
+        close = [match] if match else difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    shown = ", ".join(repr(name) for name in known[:40]) + (" ..." if len(known) > 40 else "")
+    raise ConfigError(
+        f"classes names {len(unknown)} name(s) no job of this dataset uses: {', '.join(hints)}. The jobs use: "
+        f"{shown}. Pass allow_unknown_classes=True to keep them anyway (e.g. one class list for several projects)."
+    )
 
 
 @dataclass(frozen=True)

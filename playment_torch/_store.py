@@ -1,0 +1,383 @@
+"""The frame store: what one frame of the index is on disk, how it gets there, and how it comes back. Torch-free.
+
+The dataset, the CLI, export and evaluation all load frames through :class:`FrameStore`, so a frame has one
+stored form and one definition of its cache keys.
+
+The stored form (one write per file; for binary PCDs fewer bytes than were downloaded):
+
+* a **points record**: the frame's finished points, float32 ``(N, C)`` in ``point_fields`` order, keyed by the
+  point cloud's URL identity and the point fields. A relabelled job keeps its point clouds, so they are not
+  downloaded again; a change of ``point_fields`` is a new key, and costs one download of every point cloud.
+* a **mask record**: the frame's label keys in the smallest integer type that holds them, keyed by the result's
+  digest (a relabelled job gets new masks).
+
+Labels are mapped from the mask on every read, through the frame's lookup table (one gather): a change of
+``classes`` or ``ignore_index`` reads the same two records and downloads nothing. A legacy frame's single PCD
+holds both the points and the label keys; one download fills both records.
+
+Non-finite coordinates (NaN, inf) are kept, as Playment's masks count them: a frame that has them is reported
+once per process with a warning when it is decoded, and counted in ``DatasetStats.nonfinite_points``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from playment_torch.cache import ArrayCache, cache_key
+from playment_torch.client import PlaymentClient
+from playment_torch.errors import CacheError, FrameError, PlaymentError, PlaymentFormatError, redact_url
+from playment_torch.formats.masks import label_keys, read_mask
+from playment_torch.formats.pcd import read_pcd
+from playment_torch.index import FrameIndex
+
+__all__ = ["FrameStore", "Loaded", "compact_keys", "select_fields"]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One frame's arrays as the store returns them.
+
+    Attributes:
+        points: float32 ``(N, C)``.
+        labels: int64 ``(N,)`` class indices.
+        failure: With ``lenient=True``, the error that made these a placeholder (``None`` when the frame loaded).
+    """
+
+    points: np.ndarray
+    labels: np.ndarray
+    failure: PlaymentError | None = None
+
+
+class FrameStore:
+    """Keys, get-or-create, decoding and label mapping for the frames of one index.
+
+    Args:
+        index: The frames.
+        cache: Where the records live.
+        client: Returns the API client (called only on a cache miss, so offline use needs no key).
+        point_fields: PCD fields that become the columns of the points.
+        ignore_index: The label of unlabeled points.
+        offline: Never download: a miss is a :class:`CacheError`.
+        count: Receives counter deltas (``hits``, ``misses``, ``bytes_downloaded``, ...).
+    """
+
+    def __init__(
+        self,
+        index: FrameIndex,
+        cache: ArrayCache,
+        client: Callable[[], PlaymentClient],
+        *,
+        point_fields: Sequence[str],
+        ignore_index: int,
+        offline: bool,
+        count: Callable[..., None],
+    ) -> None:
+        self.index = index
+        self.cache = cache
+        self._client = client
+        self.point_fields = tuple(point_fields)
+        self.ignore_index = int(ignore_index)
+        self.offline = offline
+        self._count = count
+        # Short and stable: the point fields are part of every points key.
+        self._fields_tag = hashlib.sha256(json.dumps(self.point_fields).encode()).hexdigest()[:12]
+        self._columns = len(self.point_fields)
+        self._warned: set[tuple[str, str]] = set()
+        self._warned_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_warned_lock"]
+        state["_warned"] = set()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._warned_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------- identity
+
+    def where(self, position: int) -> str:
+        """``"job J, frame F"`` of a position, the prefix of every message about it."""
+        return f"job {self.index.job_of(position).job_id}, frame {self.index.frame_ids[position]}"
+
+    def points_key(self, position: int) -> str:
+        """The cache key of a frame's points record."""
+        index = self.index
+        job = index.job_of(position)
+        kind = f"points@{self._fields_tag}"
+        if index.legacy[position]:
+            # A legacy point cloud is also the mask: relabelling rewrites it, so its key names the digest too.
+            kind += f"@{job.digest}"
+        return cache_key(
+            kind,
+            project_id=index.project_id,
+            job_id=job.job_id,
+            frame_id=index.frame_ids[position],
+            sensor_id=index.sensor_ids[position],
+            url=index.pointcloud_urls[position],
+        )
+
+    def mask_key(self, position: int) -> str:
+        """The cache key of a frame's mask record (the result digest names the labelling it comes from)."""
+        index = self.index
+        job = index.job_of(position)
+        return cache_key(
+            f"mask@{job.digest}",
+            project_id=index.project_id,
+            job_id=job.job_id,
+            frame_id=index.frame_ids[position],
+            sensor_id=index.sensor_ids[position],
+            url=index.mask_urls[position],
+        )
+
+    def keys(self, position: int) -> tuple[str, str]:
+        """``(points key, mask key)`` of a frame."""
+        return self.points_key(position), self.mask_key(position)
+
+    # ------------------------------------------------------------------------------------------- reads
+
+    def load(self, position: int, *, lenient: bool = False) -> Loaded:
+        """Points and labels of a frame, from the cache or the network.
+
+        Args:
+            position: The frame.
+            lenient: Instead of raising, return a placeholder of this same frame: its points with every label
+                ``ignore_index`` when only the mask failed, no points at all when the point cloud failed.
+
+        Returns:
+            The arrays (and, with ``lenient``, the failure they stand in for).
+
+        Raises:
+            PlaymentError: The frame could not be loaded and ``lenient`` is false.
+        """
+        try:
+            points = self.points(position)
+        except PlaymentError as exc:
+            if not lenient:
+                raise
+            empty = np.zeros((0, self._columns), dtype=np.float32)
+            return Loaded(empty, np.zeros(0, dtype=np.int64), exc)
+        try:
+            mask = self.mask(position, len(points))
+        except PlaymentError as exc:
+            if not lenient:
+                raise
+            return Loaded(points, np.full(len(points), self.ignore_index, dtype=np.int64), exc)
+        return Loaded(points, self.index.classes_of(position, mask, self.ignore_index))
+
+    def instances(self, position: int) -> np.ndarray:
+        """Instance ids of a frame's points (an index into its job's tracks; -1 for none)."""
+        mask = self.mask(position, len(self.points(position)))
+        return self.index.instances_of(position, mask)
+
+    def points(self, position: int) -> np.ndarray:
+        """The finished float32 ``(N, C)`` points of a frame.
+
+        Raises:
+            CacheError: Offline and not cached.
+            PlaymentFormatError: The point cloud does not decode or lacks a point field.
+            FrameError: The download failed.
+        """
+        index = self.index
+        url = index.pointcloud_urls[position]
+        legacy = bool(index.legacy[position])
+
+        def decode(body: bytes) -> np.ndarray:
+            data = read_pcd(body).data
+            points = select_fields(data, self.point_fields, self.where(position))
+            if legacy:
+                # The same file carries the label keys: store them now rather than download it twice.
+                self.cache.put_array(self.mask_key(position), compact_keys(label_keys(data)))
+            self._check_finite(position, points)
+            return points
+
+        # Legacy files are Playment's private result files: always through the attachments API.
+        points = self._get_or_download(position, self.points_key(position), url, decode, private=legacy)
+        self._columns = points.shape[1]  # what a placeholder of a frame that failed has (COUNT > 1 fields widen)
+        return points
+
+    def mask(self, position: int, points: int) -> np.ndarray:
+        """The label keys of a frame, one per point, in their compact integer type.
+
+        Args:
+            position: The frame.
+            points: The frame's point count: a mask of another length is a :class:`PlaymentFormatError`.
+
+        Raises:
+            CacheError: Offline and not cached.
+            PlaymentFormatError: The mask does not decode or does not match the point count.
+            FrameError: The download failed.
+        """
+        legacy = bool(self.index.legacy[position])
+        url = self.index.pointcloud_urls[position] if legacy else self.index.mask_urls[position]
+
+        def decode(body: bytes) -> np.ndarray:
+            keys = label_keys(read_pcd(body).data) if legacy else read_mask(body)
+            return compact_keys(keys)
+
+        mask = self._get_or_download(position, self.mask_key(position), url, decode, private=True)
+        if len(mask) != points:
+            raise PlaymentFormatError(
+                f"{self.where(position)}: the mask has {len(mask)} label keys but the point cloud has {points} points"
+            )
+        return mask
+
+    def ensure(self, position: int) -> bool:
+        """Make sure a frame's records are cached (prefetch).
+
+        Returns:
+            Whether anything had to be downloaded.
+
+        Raises:
+            PlaymentError: The frame could not be loaded.
+        """
+        before = self._downloads_in_this_thread()
+        points = self.points(position)
+        self.mask(position, len(points))
+        return self._downloads_in_this_thread() > before
+
+    # ------------------------------------------------------------------------------------------- plumbing
+
+    _per_thread = threading.local()
+
+    @classmethod
+    def _downloads_in_this_thread(cls) -> int:
+        # get_or_create runs a download in the thread that asked: prefetch tells cached frames apart by this.
+        return int(getattr(cls._per_thread, "downloads", 0))
+
+    def _get_or_download(
+        self, position: int, key: str, url: str, decode: Callable[[bytes], np.ndarray], *, private: bool
+    ) -> np.ndarray:
+        cached = self.cache.get_array(key)
+        if cached is not None:
+            self._count(hits=1)
+            return cached
+        if self.offline:
+            raise CacheError(f"{self.where(position)}: {redact_url(url)} is not cached and refresh='never'")
+
+        def create() -> np.ndarray:
+            started = time.perf_counter()
+            body = self._client().download(url, private=private)
+            downloaded = time.perf_counter()
+            try:
+                array = decode(body)
+            except PlaymentFormatError as exc:
+                message = str(exc)
+                where = self.where(position)
+                if not message.startswith(where):
+                    message = f"{where}: {redact_url(url)}: {message}"
+                raise PlaymentFormatError(message) from exc
+            self._per_thread.downloads = self._downloads_in_this_thread() + 1
+            self._count(
+                misses=1,
+                bytes_downloaded=len(body),
+                download_seconds=downloaded - started,
+                decode_seconds=time.perf_counter() - downloaded,
+            )
+            return array
+
+        try:
+            return self.cache.get_or_create(key, create)
+        except (PlaymentFormatError, CacheError, FrameError):
+            raise
+        except PlaymentError as exc:
+            job_id, frame_id = self.index.job_of(position).job_id, self.index.frame_ids[position]
+            raise FrameError(str(exc), job_id=job_id, frame_id=frame_id) from exc
+
+    def _check_finite(self, position: int, points: np.ndarray) -> None:
+        """Count (and report once per frame and process) points whose coordinates are NaN or infinite."""
+        if not points.size:
+            return
+        bad = int(np.count_nonzero(~np.isfinite(points[:, : min(3, points.shape[1])]).all(axis=1)))
+        if not bad:
+            return
+        self._count(nonfinite_points=bad)
+        identity = (self.index.job_of(position).job_id, self.index.frame_ids[position])
+        with self._warned_lock:
+            if identity in self._warned:
+                return
+            self._warned.add(identity)
+        warnings.warn(
+            f"{self.where(position)}: {bad} of {len(points)} points have non-finite coordinates (kept; their "
+            "labels still count)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def select_fields(data: np.ndarray, point_fields: Sequence[str], where: str) -> np.ndarray:
+    """The ``point_fields`` columns of a decoded cloud, as float32 ``(N, C)``.
+
+    A field is found by its exact name, else case-insensitively when that is unambiguous; a ``COUNT > 1``
+    field gives several columns.
+
+    Args:
+        data: A structured array (:attr:`PointCloud.data`).
+        point_fields: The wanted fields, in column order.
+        where: Names the frame in errors.
+
+    Returns:
+        A new C-contiguous float32 array (``(0, C)`` for an empty cloud).
+
+    Raises:
+        PlaymentFormatError: A field is missing (the message lists the cloud's fields).
+    """
+    names = data.dtype.names or ()
+    chosen = []
+    for wanted in point_fields:
+        name = wanted if wanted in names else _case_insensitive(wanted, names)
+        if name is None:
+            raise PlaymentFormatError(
+                f"{where}: the point cloud has no field {wanted!r}; it has {', '.join(names) or 'no fields'} "
+                "(choose point_fields among them)"
+            )
+        chosen.append(name)
+    fields: Mapping[str, Any] = data.dtype.fields or {}
+    widths = [int(np.prod(fields[name][0].shape, dtype=np.int64)) for name in chosen]
+    out = np.empty((len(data), sum(widths)), dtype=np.float32)
+    if not len(data):
+        return out
+    offsets = [fields[name][1] for name in chosen]
+    if (
+        data.flags.c_contiguous
+        and all(fields[name][0] == np.float32 for name in chosen)
+        and offsets == list(range(offsets[0], offsets[0] + 4 * len(chosen), 4))
+    ):
+        # The common case (x y z intensity ... stored as consecutive float32): one strided copy.
+        view = np.ndarray(
+            (len(data), len(chosen)), np.float32, buffer=data, offset=offsets[0], strides=(data.itemsize, 4)
+        )
+        out[:] = view
+        return out
+    at = 0
+    for name, width in zip(chosen, widths, strict=True):
+        out[:, at : at + width] = data[name].reshape(len(data), width)
+        at += width
+    return out
+
+
+def compact_keys(keys: np.ndarray) -> np.ndarray:
+    """Label keys in the smallest integer type that holds them (masks are mostly small keys)."""
+    if keys.size == 0:
+        return keys.astype(np.uint8)
+    low, high = int(keys.min()), int(keys.max())
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return keys.astype(dtype)
+    return keys.astype(np.int64, copy=False)
+
+
+def _case_insensitive(wanted: str, names: Sequence[str]) -> str | None:
+    matches = [n for n in names if n.lower() == wanted.lower()]
+    return matches[0] if len(matches) == 1 else None
