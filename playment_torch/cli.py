@@ -8,21 +8,26 @@ argument would land in shell history and process listings.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import os
 import statistics
 import sys
 import time
 import traceback
+import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from playment_torch.cache import ArrayCache, default_cache_dir
-from playment_torch.errors import PlaymentError
+from playment_torch.errors import ConfigError, PlaymentError
 
 __all__ = ["main"]
+
+API_KEY = "PLAYMENT_API_KEY"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--cache-dir", help=f"cache folder (default {default_cache_dir()})")
         sub.add_argument("--base-url", default=None, help="API base URL (default https://api.playment.io)")
         sub.add_argument("--threads", type=int, default=16, help="concurrent downloads (default 16)")
+        sub.add_argument(
+            "--point-fields",
+            default="x,y,z,intensity",
+            help="comma-separated PCD fields your training uses (default x,y,z,intensity): the cache stores "
+            "finished points, so other fields download each point cloud again",
+        )
 
     prefetch = commands.add_parser(
         "prefetch", parents=[common], help="download and cache every frame (key from PLAYMENT_API_KEY)"
@@ -76,7 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--jobs", type=int, default=4, help="synthetic jobs (default 4)")
     serve.add_argument("--frames", type=int, default=5, help="frames per job (default 5)")
     serve.add_argument("--points", type=int, default=30_000, help="points per frame (default 30000)")
-    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--seed", type=int, default=0, help="same seed, same project, batch and job ids and key")
+    serve.add_argument("--port", type=int, default=0, help="API port on 127.0.0.1 (default: any free port)")
+    serve.add_argument("--api-key", default=None, help="the key the fake server expects (default: one from --seed)")
+    serve.add_argument("--batches", type=int, default=1, help="batches the jobs are dealt to (default 1)")
+    serve.add_argument("--json", action="store_true", help="print the connection details as one JSON object")
     serve.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     return parser
 
@@ -102,7 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     handler = _COMMANDS[args.command]
     try:
-        handler(args)
+        with warnings.catch_warnings():
+            # A warning is one line for the user, never Python's "file:line: RuntimeWarning" and source line.
+            warnings.showwarning = _show_warning
+            handler(args)
     except PlaymentError as exc:
         if args.debug:
             traceback.print_exc()
@@ -118,18 +136,28 @@ def _one_line(message: str) -> str:
     return " ".join(message.split())
 
 
+def _show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
+    print(f"playment-torch: warning: {_one_line(str(message))}", file=sys.stderr)
+
+
 def _progress(args: argparse.Namespace) -> bool | None:
     return False if args.quiet else None
 
 
 def _dataset(args: argparse.Namespace, **options: Any) -> Any:
-    from playment_torch.client import DEFAULT_BASE_URL, PlaymentClient
+    from playment_torch.client import API_KEY_ENV, DEFAULT_BASE_URL, PlaymentClient
     from playment_torch.dataset import PlaymentSegmentationDataset
 
     refresh = options.pop("refresh", "if_missing")
     client = None
     if refresh != "never":
+        if not os.environ.get(API_KEY_ENV, "").strip():
+            raise ConfigError(
+                f"no Playment API key: set {API_KEY_ENV} (export {API_KEY_ENV}=...); the command line never "
+                "takes the key as an argument, so that it stays out of shell history and process lists"
+            )
         client = PlaymentClient(base_url=args.base_url or DEFAULT_BASE_URL)
+    options.setdefault("point_fields", tuple(name.strip() for name in args.point_fields.split(",") if name.strip()))
     return PlaymentSegmentationDataset(
         args.project,
         job_ids=args.job,
@@ -157,21 +185,45 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _prefetch(args: argparse.Namespace) -> None:
-    dataset = _dataset(args, point_fields=("x", "y", "z"), on_error="skip")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # the failures are listed below, one line each
+        # Jobs left out and frames that fail are summarised below, one line per job: no warning per item.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        dataset = _dataset(args, on_error="skip")
         report = dataset.prefetch(num_threads=args.threads, progress=not args.quiet)
     print(f"project {args.project}: {len(dataset.index.jobs)} jobs, {report}")
-    for job_id, frame_id, message in report.failures:
-        print(f"  failed: job {job_id}, frame {frame_id}: {_one_line(message)}")
-    if report.failures:
-        raise PlaymentError(f"{len(report.failures)} frames could not be prefetched (listed above)")
+    problems = _job_problems(args, dataset, report)
+    for line in problems:
+        print(f"  {line}")
+    if problems:
+        raise PlaymentError(f"{len(problems)} of the jobs asked for could not be prefetched completely (listed above)")
+
+
+def _job_problems(args: argparse.Namespace, dataset: Any, report: Any) -> list[str]:
+    """One line per job that was asked for and is not all in the cache now."""
+    lines = [f"failed: job {job_id}: {_one_line(reason)}" for job_id, reason in sorted(dataset.failed_jobs.items())]
+    named = set(args.job or ())
+    for job_id, status in sorted(dataset.pending_jobs.items()):
+        if job_id in named:  # a batch in progress has pending jobs; a job named on the command line must be done
+            lines.append(f"failed: job {job_id}: it is {status!r}, not completed, so it has no result yet")
+    totals: dict[str, int] = {}
+    for i in range(len(dataset)):
+        job_id = dataset.index.job_of(i).job_id
+        totals[job_id] = totals.get(job_id, 0) + 1
+    for job_id, frames in report.failures_by_job().items():
+        reasons = sorted({reason for _, reason in frames})
+        ids = ", ".join(frame_id for frame_id, _ in frames[:10]) + (" ..." if len(frames) > 10 else "")
+        more = f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else ""
+        lines.append(
+            f"failed: job {job_id}: {len(frames)} of {totals.get(job_id, len(frames))} frames (frame {ids}): "
+            f"{_one_line(reasons[0])}{more}"
+        )
+    return lines
 
 
 def _inspect(args: argparse.Namespace) -> None:
     import numpy as np
 
-    dataset = _dataset(args, point_fields=("x", "y", "z"), refresh="never" if args.offline else "if_missing")
+    dataset = _dataset(args, refresh="never" if args.offline else "if_missing")
     classes = dataset.classes
     points_per_class = np.zeros(len(classes), dtype=np.int64)
     frames_per_class = np.zeros(len(classes), dtype=np.int64)
@@ -204,7 +256,7 @@ def _inspect(args: argparse.Namespace) -> None:
         "frames_per_job": frames_per_job,
         "points_per_frame": {
             "min": min(sizes, default=0),
-            "median": statistics.median(sizes) if sizes else 0,
+            "median": _number(statistics.median(sizes)) if sizes else 0,
             "max": max(sizes, default=0),
         },
         "points": total,
@@ -222,6 +274,11 @@ def _inspect(args: argparse.Namespace) -> None:
     print(f"points per frame: min {sizes_summary['min']}, median {sizes_summary['median']}, max {sizes_summary['max']}")
     print(f"unlabeled points: {summary['unlabeled_share']:.1%}")
     print("frames per job: " + ", ".join(f"{job} {n}" for job, n in sorted(frames_per_job.items())))
+
+
+def _number(value: float) -> float | int:
+    """A median of counts as the count it is (``30000``, not ``30000.0``), keeping a true half."""
+    return int(value) if float(value).is_integer() else value
 
 
 def _existing_cache(args: argparse.Namespace) -> ArrayCache:
@@ -263,18 +320,42 @@ def _serve(args: argparse.Namespace) -> None:
     from playment_torch.testing.server import FakePlaymentServer
     from playment_torch.testing.synthetic import add_synthetic_project
 
-    with FakePlaymentServer() as server:
-        add_synthetic_project(
-            server, n_jobs=args.jobs, frames_per_job=args.frames, points_per_frame=args.points, seed=args.seed
+    # The same seed gives the same project id, key and (through the synthetic scenes) batch and job ids, so a
+    # script or a CI job can hard-code them; the fake key guards nothing real, printing it is the point.
+    seeded = uuid.UUID(bytes=hashlib.sha256(f"playment-torch serve {args.seed}".encode()).digest()[:16], version=4)
+    api_key = args.api_key or f"fake-key-{args.seed}"
+    server = FakePlaymentServer(api_key=api_key, project_id=str(seeded), port=args.port)
+    with server:
+        jobs = add_synthetic_project(
+            server,
+            n_jobs=args.jobs,
+            frames_per_job=args.frames,
+            points_per_frame=args.points,
+            seed=args.seed,
+            batches=args.batches,
         )
-        # The fake server's key is a throwaway made for this run; printing it is the point.
-        print(f"url:        {server.url}")
-        print(f"project id: {server.project_id}")
-        print(f"api key:    {server.api_key}")
-        print(
-            f"try: PLAYMENT_API_KEY=<key> playment-torch inspect --project {server.project_id} --base-url {server.url}",
-            flush=True,
-        )
+        batches: dict[str, list[str]] = {}
+        for job in jobs:
+            batches.setdefault(job.batch_id or server.default_batch_id, []).append(job.job_id)
+        details = {
+            "url": server.url,
+            "project_id": server.project_id,
+            "api_key": server.api_key,
+            "batches": batches,
+            "jobs": [job.job_id for job in jobs],
+        }
+        if args.json:
+            print(json.dumps(details), flush=True)
+        else:
+            print(f"fake Playment server at {server.url} (stop it with Ctrl-C)")
+            print(f"project id: {server.project_id}")
+            for batch_id, job_ids in batches.items():
+                print(f"batch {batch_id}: {len(job_ids)} jobs")
+                for job_id in job_ids:
+                    print(f"  job {job_id}")
+            print("in another terminal:")
+            print(f"  export {API_KEY}={server.api_key}")
+            print(f"  playment-torch inspect --project {server.project_id} --base-url {server.url}", flush=True)
         deadline = None if args.duration is None else time.monotonic() + args.duration
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.1 if deadline is not None else 1.0)

@@ -615,7 +615,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             elif isinstance(outcome, PlaymentError):
                 if self.on_error == "raise":
                     raise outcome
-                self.failed_jobs[job_id] = str(outcome)
+                self.failed_jobs[job_id] = _reason(outcome, f"job {job_id}")
                 warnings.warn(f"skipping job {job_id}: {outcome}", RuntimeWarning, stacklevel=3)
             else:
                 results.append(outcome)

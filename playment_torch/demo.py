@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from playment_torch.client import PlaymentClient
 from playment_torch.collate import Batch, collate_points
@@ -156,7 +157,9 @@ def run_demo(
         for epoch in range(epochs):
             model.train()
             total, count = 0.0, 0
-            for batch in loader:
+            # A bar per epoch on a terminal (tqdm's disable=None), gone when the epoch's loss line prints.
+            disable = True if progress is False else None
+            for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="frame", leave=False, disable=disable):
                 logits = model(features(batch), batch.batch_index, len(batch))
                 loss = loss_fn(logits, batch.labels)
                 optimiser.zero_grad()

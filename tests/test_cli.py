@@ -114,7 +114,8 @@ def test_verify_repair_and_cache_commands(server, project, tmp_path, capsys):
 def test_serve_prints_how_to_connect(capsys):
     assert main(["serve", "--jobs", "1", "--frames", "1", "--points", "10000", "--duration", "0"]) == 0
     out = capsys.readouterr().out
-    assert "url:        http://127.0.0.1:" in out and "project id:" in out and "api key:" in out
+    assert "fake Playment server at http://127.0.0.1:" in out and "project id:" in out
+    assert "export PLAYMENT_API_KEY=fake-key-0" in out
 
 
 def test_demo_learns_small(tmp_path, capsys):
@@ -140,8 +141,11 @@ def test_prefetch_with_failures_exits_1(server, project, tmp_path, capsys):
     server.add_fault("storage", status=404, times=None, match=".pcd")
     assert main(["prefetch", *selection(server, tmp_path), "--quiet"]) == 1
     captured = capsys.readouterr()
-    assert "4 failed" in captured.out and captured.out.count("  failed: job ") == 4
-    assert "4 frames could not be prefetched" in captured.err
+    # One line per job, naming its failing frames once, never one line per frame.
+    assert "4 failed" in captured.out and captured.out.count("  failed: job ") == 2
+    for job in project:
+        assert f"  failed: job {job.job_id}: 2 of 2 frames (frame 0, 1): " in captured.out
+    assert "2 of the jobs asked for could not be prefetched completely" in captured.err
 
 
 def test_cache_commands_do_not_create_a_missing_cache(tmp_path, capsys):

@@ -219,13 +219,13 @@ class _Listener(ThreadingHTTPServer):
     # The default backlog of 5 makes bursts of parallel downloads hit SYN retries (a 1 s stall each).
     request_queue_size = 128
 
-    def __init__(self, fake: FakePlaymentServer, kind: str) -> None:
+    def __init__(self, fake: FakePlaymentServer, kind: str, port: int = 0) -> None:
         self.fake = fake
         self.kind = kind
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._connection_threads: set[threading.Thread] = set()
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", port), _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         thread = threading.Thread(
@@ -317,6 +317,7 @@ class FakePlaymentServer:
         page_size: int = 100,
         signed_url_ttl: float = 300.0,
         storage_host: str = "localhost",
+        port: int = 0,
     ) -> None:
         """Configure the server; nothing listens until :meth:`start`.
 
@@ -327,6 +328,8 @@ class FakePlaymentServer:
             page_size: Jobs per batch listing page (at least 1).
             signed_url_ttl: Lifetime of signed URLs, in seconds.
             storage_host: Host name used in :attr:`storage_url` (must resolve to loopback).
+            port: The API listener's port on 127.0.0.1 (0: any free port; the storage listener always takes a
+                free one).
 
         Raises:
             ConfigError: ``page_size`` is smaller than 1.
@@ -339,6 +342,7 @@ class FakePlaymentServer:
         self.page_size = page_size
         self.signed_url_ttl = float(signed_url_ttl)
         self.storage_host = storage_host
+        self.port = port
         self.latency = 0.0
         self._secret = secrets.token_bytes(32)
         self._lock = threading.Lock()
@@ -371,7 +375,7 @@ class FakePlaymentServer:
                 return self
             if self._state == "stopped":
                 raise PlaymentError("a stopped FakePlaymentServer cannot be restarted; create a new one")
-            api = _Listener(self, "api")
+            api = _Listener(self, "api", self.port)
             try:
                 storage = _Listener(self, "storage")
             except BaseException:
@@ -449,6 +453,12 @@ class FakePlaymentServer:
             raise PlaymentError(_NOT_STARTED)
         return self._storage_url
 
+    @property
+    def default_batch_id(self) -> str:
+        """The id of the project's default batch (where jobs added without a batch go), "" before the first."""
+        with self._lock:
+            return next((b.id for b in self._batches.values() if b.is_default), "")
+
     # ------------------------------------------------------------------------------------------- content
 
     def add_batch(self, name: str, *, batch_id: str | None = None) -> str:
@@ -464,7 +474,10 @@ class FakePlaymentServer:
         Raises:
             ConfigError: a batch with that id exists already.
         """
-        batch_id = batch_id if batch_id is not None else str(uuid.uuid4())
+        if batch_id is None:
+            # Derived from the project and the batch's place, so a seeded server has the same ids every run.
+            with self._lock:
+                batch_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.project_id}/batch/{len(self._batches)}/{name}"))
         with self._lock:
             if batch_id in self._batches:
                 raise ConfigError(f"batch {batch_id} exists already")
@@ -508,7 +521,8 @@ class FakePlaymentServer:
             if batch_id is None:
                 batch = next((b for b in self._batches.values() if b.is_default), None)
                 if batch is None:
-                    batch = _Batch(str(uuid.uuid4()), "Default batch", True, _now_iso())
+                    default_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.project_id}/batch/default"))
+                    batch = _Batch(default_id, "Default batch", True, _now_iso())
                     self._batches[batch.id] = batch
             elif batch_id in self._batches:
                 batch = self._batches[batch_id]

@@ -1,0 +1,141 @@
+"""The command line on a user's bad day, driven as a user drives it: exit codes, summary lines, what is on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from playment_torch.cli import main
+from playment_torch.testing.synthetic import add_synthetic_project
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*argv: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``playment-torch ARGV`` in a child process, importing this checkout."""
+    full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "playment_torch.cli", *argv], capture_output=True, text=True, timeout=timeout, env=full
+    )
+
+
+@pytest.fixture
+def project(server, monkeypatch):
+    jobs = add_synthetic_project(server, n_jobs=2, frames_per_job=2, points_per_frame=10_000, pending_jobs=1, seed=71)
+    monkeypatch.setenv("PLAYMENT_API_KEY", server.api_key)
+    return jobs
+
+
+def selection(server, tmp_path, *extra: str) -> list[str]:
+    return ["--project", server.project_id, "--base-url", server.url, "--cache-dir", str(tmp_path), *extra]
+
+
+def test_prefetch_of_a_job_that_does_not_exist_exits_1_naming_it_once(server, project, tmp_path):
+    good = project[0].job_id
+    completed = run("prefetch", *selection(server, tmp_path, "--job", good, "--job", "no-such-job", "--quiet"))
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0].startswith(f"project {server.project_id}: 1 jobs, 2 frames (2 downloaded")
+    (failed,) = [line for line in lines if "failed:" in line]
+    assert failed.startswith("  failed: job no-such-job: ") and "not found" in failed
+    # Our prefix names the job once (the server's own message may name it again, in its words).
+    assert "job no-such-job: job no-such-job:" not in completed.stdout
+    assert "Warning" not in completed.stderr and ".py:" not in completed.stderr, "no Python warning lines"
+    assert completed.stderr.strip() == (
+        "playment-torch: error: 1 of the jobs asked for could not be prefetched completely (listed above)"
+    )
+    # What was asked for and exists is in the cache now: a second run downloads nothing.
+    again = run("prefetch", *selection(server, tmp_path, "--job", good, "--quiet"))
+    assert again.returncode == 0 and "(0 downloaded" in again.stdout
+
+
+def test_prefetch_of_a_named_pending_job_exits_1(server, project, tmp_path, capsys):
+    pending = project[-1].job_id
+    assert main(["prefetch", *selection(server, tmp_path, "--job", pending, "--quiet")]) == 1
+    out = capsys.readouterr().out
+    assert f"  failed: job {pending}: it is 'pending', not completed, so it has no result yet" in out
+
+
+def test_prefetch_of_a_batch_with_pending_jobs_succeeds(server, project, tmp_path, capsys):
+    assert main(["prefetch", *selection(server, tmp_path, "--quiet")]) == 0
+    assert "2 jobs, 4 frames (4 downloaded" in capsys.readouterr().out
+
+
+def test_failing_frames_give_one_line_per_job_without_repeating_ids(server, project, tmp_path, capsys):
+    bad = project[1]
+    for frame in ("0", "1"):
+        server.add_fault("storage", status=404, times=None, match=f"{bad.job_id}/{frame}.pcd")
+    assert main(["prefetch", *selection(server, tmp_path, "--quiet")]) == 1
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if "failed:" in line]
+    assert line.startswith(f"  failed: job {bad.job_id}: 2 of 2 frames (frame 0, 1): ")
+    assert line.count(bad.job_id) == 1 and "frame 0:" not in line
+
+
+def test_no_key_says_how_to_set_it_on_a_command_line(server, project, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("PLAYMENT_API_KEY")
+    assert main(["prefetch", *selection(server, tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "export PLAYMENT_API_KEY=" in err and "api_key=" not in err
+
+
+def test_inspect_prints_integer_medians(server, project, tmp_path, capsys):
+    assert main(["inspect", *selection(server, tmp_path, "--quiet")]) == 0
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if line.startswith("points per frame:")]
+    assert ".0" not in line and ".5" not in line or line.endswith(".5")
+
+
+def test_serve_is_usable_from_another_process_with_fixed_ids(tmp_path):
+    argv = ["serve", "--jobs", "2", "--frames", "1", "--points", "10000", "--seed", "5", "--json"]
+    first = run(*argv, "--duration", "0")
+    second = run(*argv, "--duration", "0", "--api-key", "my-key")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert (a["project_id"], a["jobs"], a["batches"]) == (b["project_id"], b["jobs"], b["batches"])
+    assert a["api_key"] == "fake-key-5" and b["api_key"] == "my-key"
+
+    # Another terminal: a long-running server on a chosen port, then the CLI against it, then Ctrl-C.
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "playment_torch.cli", *argv, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert server.stdout is not None
+        details = json.loads(server.stdout.readline())
+        assert details["url"] == f"http://127.0.0.1:{port}"
+        fetched = run(
+            "prefetch",
+            "--project",
+            details["project_id"],
+            "--base-url",
+            details["url"],
+            "--cache-dir",
+            str(tmp_path),
+            "--quiet",
+            env={"PLAYMENT_API_KEY": details["api_key"]},
+        )
+        assert fetched.returncode == 0, fetched.stderr
+        assert f"project {details['project_id']}: 2 jobs, 2 frames (2 downloaded" in fetched.stdout
+    finally:
+        server.send_signal(2)  # Ctrl-C
+        started = time.monotonic()
+        assert server.wait(timeout=30) == 130
+        assert time.monotonic() - started < 30
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
