@@ -358,12 +358,38 @@ def create_jobs(
     if limit is not None and limit < 0:
         raise ConfigError(f"limit must not be negative, got {limit}")
     pairs = _frame_pairs(frames, limit)
-    if client is None:
-        from playment_torch.client import PlaymentClient
+    options: dict[str, Any] = {
+        "project_id": project_id,
+        "pairs": pairs,
+        "work_flow_id": work_flow_id,
+        "batch_name": batch_name,
+        "description": description,
+        "reference_prefix": reference_prefix,
+        "dry_run": dry_run,
+        "bucket": _TokenBucket(rate),
+        "num_threads": num_threads,
+    }
+    if client is not None:
+        return _create_jobs(client, **options)
+    from playment_torch.client import PlaymentClient
 
-        client = PlaymentClient()
-    bucket = _TokenBucket(rate)
+    with PlaymentClient() as own:  # closed afterwards: it is this call's own
+        return _create_jobs(own, **options)
 
+
+def _create_jobs(
+    client: PlaymentClient,
+    *,
+    project_id: str,
+    pairs: list[tuple[str, str]],
+    work_flow_id: str,
+    batch_name: str,
+    description: str,
+    reference_prefix: str,
+    dry_run: bool,
+    bucket: _TokenBucket,
+    num_threads: int,
+) -> RelabelReport:
     outcomes: dict[int, RelabelOutcome] = {}
     items: list[tuple[int, _Item]] = []
     first_seen: dict[str, int] = {}

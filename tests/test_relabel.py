@@ -596,3 +596,53 @@ def test_front_door_exports():
 
     assert pt.create_jobs is relabel.create_jobs
     assert pt.RelabelReport is relabel.RelabelReport and pt.RelabelOutcome is relabel.RelabelOutcome
+
+
+# ------------------------------------------------------------------------------------------- the loop, end to end
+
+
+def test_worst_frames_of_an_evaluation_go_back_and_read_back(server, tmp_path):
+    """Evaluate a "model" per frame, write the worst frames as CSV, relabel them, and read the new jobs back."""
+    import torch
+
+    from playment_torch.metrics import SegmentationMetrics
+    from playment_torch.testing.synthetic import add_synthetic_project
+
+    jobs = add_synthetic_project(server, n_jobs=2, frames_per_job=3, points_per_frame=10_000, seed=5, cameras=1)
+    client = fast_client(server)
+    dataset = pt.PlaymentSegmentationDataset(
+        server.project_id, client=client, cache_dir=tmp_path / "cache", point_fields=("x", "y", "z"), progress=False
+    )
+    # The "model" gets frame i wrong on a share of points that grows with i: the last frames are the worst.
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        prediction = sample.labels.clone()
+        wrong = torch.rand(len(prediction), generator=generator) < 0.1 + 0.1 * i
+        prediction[wrong] = (prediction[wrong] + 1) % len(dataset.classes)
+        metrics = SegmentationMetrics(len(dataset.classes), ignore_index=dataset.ignore_index)
+        metrics.update(prediction, sample.labels)
+        frame = dataset.frames[i]
+        rows.append((metrics.miou(), frame.job_id, frame.frame_id))
+    rows.sort()
+    worst = tmp_path / "frames.csv"
+    with worst.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["job", "frame", "miou"])
+        writer.writerows([job_id, frame_id, f"{miou:.4f}"] for miou, job_id, frame_id in rows)
+
+    report = pt.create_jobs(server.project_id, worst, work_flow_id=WORK_FLOW, batch_name=BATCH, client=client, limit=2)
+    expected = [(job_id, frame_id) for _, job_id, frame_id in rows[:2]]
+    assert [(o.source_job_id, o.source_frame_id) for o in report.outcomes] == expected
+    # The most-corrupted frames, worst first, are the last two of the dataset.
+    assert expected == [(dataset.frames[i].job_id, dataset.frames[i].frame_id) for i in (5, 4)]
+    results = {job.job_id: job.result for job in jobs}
+    for outcome in report.outcomes:
+        created = client.get_job(server.project_id, outcome.job_id)
+        assert created.reference_id == f"relabel:{outcome.source_job_id}:{outcome.source_frame_id}"
+        (frame,) = server.job_data(outcome.job_id)["sensor_data"]["frames"]
+        source = results[outcome.source_job_id]["sensor_data"]
+        assert frame == next(f for f in source["frames"] if f["frame_id"] == outcome.source_frame_id)
+    listed = {s.reference_id for s in client.iter_batch_jobs(server.project_id, report.batch_id)}
+    assert listed == {o.reference_id for o in report.outcomes}
