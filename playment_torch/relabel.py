@@ -198,9 +198,14 @@ class RelabelOutcome:
     reason: str = ""
 
     def describe(self) -> str:
-        """One line for people: the status, the reference id, the source frame, and the job or reason."""
+        """One line for people: the status, the reference id, the job made or found, and any reason.
+
+        The source job and frame are added when the reference id is hashed, since it does not name them.
+        """
         verb = {PLANNED: "would create", CREATED: "created", SKIPPED: "skipped", FAILED: "failed"}[self.status]
-        line = f"{verb} {self.reference_id} (job {self.source_job_id}, frame {self.source_frame_id})"
+        line = f"{verb} {self.reference_id}"
+        if not self.reference_id.endswith(f":{self.source_job_id}:{self.source_frame_id}"):
+            line += f" (job {self.source_job_id}, frame {self.source_frame_id})"  # a hashed id does not say
         if self.job_id:
             line += f" -> job {self.job_id}"
         if self.reason:

@@ -32,7 +32,7 @@ from playment_torch.errors import (
     RateLimitError,
     ServerError,
 )
-from playment_torch.relabel import create_jobs, frame_sensor_data, read_frames_csv, reference_id_for
+from playment_torch.relabel import RelabelOutcome, create_jobs, frame_sensor_data, read_frames_csv, reference_id_for
 from playment_torch.testing.server import FakePlaymentServer
 from playment_torch.testing.synthetic import SyntheticJob, make_job
 
@@ -116,7 +116,7 @@ def test_dry_run_then_real_run_then_rerun_creates_nothing_twice(server, project,
     assert batches_named(client, server.project_id, BATCH) == []
     text = str(dry)
     assert text.splitlines()[0] == f"would create batch {BATCH!r} in project {server.project_id}"
-    assert f"would create relabel:{rows[0][0]}:3 (job {rows[0][0]}, frame 3)" in text
+    assert text.splitlines()[1] == f"would create relabel:{rows[0][0]}:3"
     assert text.splitlines()[-1] == "dry run: 4 to create, 0 skipped, 0 failed (nothing created)"
 
     jobs_before = len(server._jobs)
@@ -504,7 +504,7 @@ def test_cli_dry_run_run_rerun_and_failures(server, project, tmp_path, monkeypat
     assert main(cli_args(server, frames, "--dry-run", "--limit", "3")) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"would create batch {BATCH!r} in project {server.project_id}"
-    assert out[1:4] == [f"would create relabel:{j}:{f} (job {j}, frame {f})" for j, f in rows[:3]]
+    assert out[1:4] == [f"would create relabel:{j}:{f}" for j, f in rows[:3]]
     assert out[-1] == "dry run: 3 to create, 0 skipped, 0 failed (nothing created)"
     assert [r for r in server.requests if r.method == "POST"] == []
 
@@ -548,6 +548,8 @@ def test_reference_ids_are_readable_or_hashed_and_deterministic():
     assert reference_id_for("x" * 200, "1").startswith("relabel:sha256:")
     # No separator confusion: ids holding ':' never take the readable form.
     assert reference_id_for("a:b", "c") != reference_id_for("a", "b:c")
+    hashed = RelabelOutcome(odd, job, "front:lidar/0007", "created", job_id="new-job")
+    assert hashed.describe() == f"created {odd} (job {job}, frame front:lidar/0007) -> job new-job"
     for prefix in ("", "has space", "x" * 33, "a:b"):
         with pytest.raises(ConfigError):
             reference_id_for(job, "1", prefix=prefix)
