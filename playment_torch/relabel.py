@@ -444,7 +444,12 @@ def _create_jobs(
     lost = [position for position, _, _ in ready if outcomes[position].status == FAILED]
     if lost:
         # An answer lost after the request left may hide a job that exists: the listing is the truth.
-        listed = _existing_references(client, project_id, [batch_id])
+        try:
+            listed = _existing_references(client, project_id, [batch_id])
+        except PlaymentError as exc:
+            # The report of what was created matters more; a rerun lists again before creating anything.
+            logger.warning("could not list batch %s to check failed jobs: %s", batch_id, _one_line(str(exc)))
+            listed = {}
         for position in lost:
             outcome = outcomes[position]
             if outcome.reference_id in listed:

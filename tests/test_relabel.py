@@ -256,6 +256,19 @@ def test_a_dropped_post_is_not_retried_and_a_rerun_creates_it_once(server, proje
     assert sorted(listed) == sorted(o.reference_id for o in report.outcomes) and set(listed.values()) == {1}
 
 
+def test_a_failing_check_after_the_run_keeps_the_report(server, project):
+    client = fast_client(server)
+    frames = [(project[0].job_id, str(i)) for i in range(3)]
+    server.add_fault("create_job", drop=True, times=1)
+    # No batch exists before the run, so the only listing is the check after it.
+    server.add_fault("batch", status=400, error_code="GE_0001", times=None)
+    report = create_jobs(
+        server.project_id, frames, work_flow_id=WORK_FLOW, batch_name=BATCH, client=client, num_threads=1
+    )
+    assert [o.status for o in report.outcomes] == ["failed", "created", "created"]
+    assert [r.route for r in server.requests if r.route == "batch"] == ["batch"]
+
+
 def test_an_applied_post_whose_answer_is_lost_counts_as_created(server, project):
     # The server waits 0.8 s, then creates the job and answers a client that gave up after 0.3 s: the job exists
     # although the client saw a timeout. It must not retry, and the listing after the run finds the job. At 2
