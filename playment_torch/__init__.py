@@ -48,11 +48,14 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Project": ("playment_torch.models", "Project"),
     "ProjectBatch": ("playment_torch.models", "Batch"),
     "RateLimitError": ("playment_torch.errors", "RateLimitError"),
+    "RelabelOutcome": ("playment_torch.relabel", "RelabelOutcome"),
+    "RelabelReport": ("playment_torch.relabel", "RelabelReport"),
     "RetryPolicy": ("playment_torch.client", "RetryPolicy"),
     "Sample": ("playment_torch.sample", "Sample"),
     "SegmentationMetrics": ("playment_torch.metrics", "SegmentationMetrics"),
     "ServerError": ("playment_torch.errors", "ServerError"),
     "collate_points": ("playment_torch.collate", "collate_points"),
+    "create_jobs": ("playment_torch.relabel", "create_jobs"),
     "project_points": ("playment_torch.geometry", "project_points"),
     "read_mask": ("playment_torch.formats", "read_mask"),
     "read_pcd": ("playment_torch.formats", "read_pcd"),
@@ -90,12 +93,15 @@ __all__ = [
     "Project",
     "ProjectBatch",
     "RateLimitError",
+    "RelabelOutcome",
+    "RelabelReport",
     "RetryPolicy",
     "Sample",
     "SegmentationMetrics",
     "ServerError",
     "__version__",
     "collate_points",
+    "create_jobs",
     "project_points",
     "read_mask",
     "read_pcd",
@@ -145,4 +151,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from playment_torch.metrics import SegmentationMetrics
     from playment_torch.models import Batch as ProjectBatch
     from playment_torch.models import FrameRef, Job, JobResult, JobSummary, LabelEntry, Project
+    from playment_torch.relabel import RelabelOutcome, RelabelReport, create_jobs
     from playment_torch.sample import Sample

@@ -1,4 +1,4 @@
-"""The ``playment-torch`` command: demo, prefetch, inspect, verify, cache, serve.
+"""The ``playment-torch`` command: demo, prefetch, inspect, verify, cache, serve, relabel.
 
 Exit codes: 0 success, 1 a :class:`~playment_torch.errors.PlaymentError` (one line on stderr; the traceback only
 with ``--debug``), 2 a usage error. The API key is read from ``PLAYMENT_API_KEY`` only: a key given as an
@@ -82,6 +82,19 @@ def _parser() -> argparse.ArgumentParser:
     cache = commands.add_parser("cache", parents=[common], help="cache info / clear")
     cache.add_argument("action", choices=("info", "clear"))
     cache.add_argument("--cache-dir")
+
+    relabel = commands.add_parser("relabel", parents=[common], help="send frames back to Playment for labelling")
+    relabel.add_argument("--project", required=True, help="Playment project id")
+    relabel.add_argument("--frames", required=True, help="CSV with 'job' and 'frame' columns (e.g. worst frames)")
+    relabel.add_argument("--work-flow-id", required=True, help="workflow of the new jobs")
+    relabel.add_argument("--batch-name", required=True, help="batch to create them in (reused if it exists)")
+    relabel.add_argument("--description", default="", help="description of a new batch")
+    relabel.add_argument("--reference-prefix", default="relabel", help="reference ids: PREFIX:job:frame")
+    relabel.add_argument("--limit", type=int, default=None, help="only the first N frames of the CSV")
+    relabel.add_argument("--dry-run", action="store_true", help="print what would be created; create nothing")
+    relabel.add_argument("--rate", type=float, default=20.0, help="requests per second at most (default 20)")
+    relabel.add_argument("--threads", type=int, default=4, help="requests in flight (default 4)")
+    relabel.add_argument("--base-url", default=None, help="API base URL (default https://api.playment.io)")
 
     serve = commands.add_parser("serve", parents=[common], help="run the fake Playment server for your own tests")
     serve.add_argument("--jobs", type=int, default=4, help="synthetic jobs (default 4)")
@@ -361,6 +374,12 @@ def _serve(args: argparse.Namespace) -> None:
             time.sleep(0.1 if deadline is not None else 1.0)
 
 
+def _relabel(args: argparse.Namespace) -> None:
+    from playment_torch.relabel import run_cli
+
+    run_cli(args)
+
+
 _COMMANDS = {
     "demo": _demo,
     "prefetch": _prefetch,
@@ -368,6 +387,7 @@ _COMMANDS = {
     "verify": _verify,
     "cache": _cache,
     "serve": _serve,
+    "relabel": _relabel,
 }
 
 

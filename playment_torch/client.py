@@ -572,6 +572,188 @@ class PlaymentClient:
         except OSError as exc:
             raise DownloadError(f"cannot read local file {path} ({exc.strerror})", url=url) from exc
 
+    # ------------------------------------------------------------------------------------------- creating work
+    # Used by ``playment_torch.relabel``. A POST is not idempotent: it is retried only when the request was
+    # certainly not applied (see ``_post_json``); idempotency across runs comes from the caller's reference_id.
+
+    def create_batch(self, project_id: str, name: str, description: str = "") -> str:
+        """Create a batch in a project (``POST /v1/projects/:project_id/batch``).
+
+        Playment documents nothing about duplicate names: a second call with the same name may create a second
+        batch. Look the name up in :meth:`get_project` first when that matters.
+
+        Args:
+            project_id: The project.
+            name: The batch's name.
+            description: Its description.
+
+        Returns:
+            The new batch's id.
+
+        Raises:
+            APIError: the request failed; the server's validation message (code ``GE_0001``) is in the text.
+                A failure without an answer says the batch may exist anyway.
+            PlaymentFormatError: the answer has no ``batch_id``.
+        """
+        _check_id("project_id", project_id)
+        what = f"project {project_id}: create batch {name!r}"
+        payload = self._post_json(
+            f"/v1/projects/{_quote(project_id)}/batch", {"name": name, "description": description}, what
+        )
+        return self._created_id(payload, "batch_id", what)
+
+    def create_job(
+        self,
+        project_id: str,
+        *,
+        reference_id: str,
+        work_flow_id: str,
+        batch_id: str | None = None,
+        sensor_data: Mapping[str, Any],
+    ) -> Job:
+        """Create a job (``POST /v1/projects/:project_id/jobs``) with ``{"data": {"sensor_data": ...}}``.
+
+        Args:
+            project_id: The project.
+            reference_id: The caller's identifier of the job (Playment does not document whether it rejects
+                duplicates: keep it unique yourself, as :func:`playment_torch.relabel.create_jobs` does).
+            work_flow_id: The workflow the job goes through.
+            batch_id: The batch; ``None`` for the project's default batch.
+            sensor_data: ``{"frames": [...], "sensor_meta": [...]}``, the shape a result's ``sensor_data`` has.
+
+        Returns:
+            The new job, with ``job_id``, ``reference_id``, ``work_flow_id`` and ``batch_id``; its ``status`` is
+            empty because the answer does not tell it (ask :meth:`get_job`).
+
+        Raises:
+            APIError: the request failed; the server's validation message (code ``GE_0001``) is in the text.
+                A failure without an answer (timeout, dropped connection, most 5xx) says the job may exist
+                anyway: list the batch before trying again.
+            PlaymentFormatError: the answer has no ``job_id``.
+        """
+        _check_id("project_id", project_id)
+        body: dict[str, Any] = {"reference_id": reference_id, "work_flow_id": work_flow_id}
+        if batch_id is not None:
+            body["batch_id"] = batch_id
+        body["data"] = {"sensor_data": sensor_data}
+        what = f"project {project_id}: create job {reference_id!r}"
+        payload = self._post_json(f"/v1/projects/{_quote(project_id)}/jobs", body, what)
+        job_id = self._created_id(payload, "job_id", what)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        answered = data if isinstance(data, dict) else {}
+        return Job(
+            project_id=project_id,
+            job_id=job_id,
+            status="",
+            batch_id=batch_id or "",
+            reference_id=str(answered.get("reference_id") or reference_id),
+            work_flow_id=str(answered.get("work_flow_id") or work_flow_id),
+        )
+
+    def _post_json(self, path: str, body: Mapping[str, Any], what: str) -> Any:
+        """POST a JSON body to the API and return the decoded answer; retried only where nothing was applied.
+
+        Retried (by :attr:`retry`'s attempts and backoff, honouring ``Retry-After``): a connection that was
+        never established (refused, DNS failure, connect timeout: no byte of the request left), and HTTP 408,
+        429 (or a rate-limit error code) and 503, which say the request was not processed. Never retried, because
+        the server may have acted on the request: a read timeout or a connection lost after sending, any other
+        5xx, and Playment's "try later" codes. Those fail with an :class:`APIError` saying the outcome is
+        unknown; a caller that keys its work by ``reference_id`` lists first and then tries again.
+
+        The key goes only to the API's origin, redirects are never followed, and every attempt has the
+        client's timeout.
+
+        Args:
+            path: The path below the base URL.
+            body: The JSON body.
+            what: What the request does, for error messages.
+
+        Returns:
+            The decoded JSON answer (the ``{"data": ..., "success": true}`` envelope).
+
+        Raises:
+            APIError: the request failed (a subclass says why).
+            PlaymentFormatError: a 2xx answer that is not JSON (the request may have been applied).
+        """
+        url = self.base_url + path
+        data = json.dumps(body).encode()
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        if self._is_api(url):
+            headers["x-api-key"] = self._api_key
+        attempts = 0
+        while True:
+            attempts += 1
+            retry_after: str | None = None
+            status: int | None = None
+            code: str | None = None
+            message: str | None = None
+            logger.debug("POST %s", redact_url(url))
+            try:
+                response = self._http().post(
+                    url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False
+                )
+            except requests.RequestException as exc:
+                if not self._never_sent(exc):
+                    raise APIError(
+                        f"{what}: no answer ({type(exc).__name__}); the server may have applied the request, "
+                        "so it is not retried: list what exists before trying again",
+                        url=url,
+                        attempts=attempts,
+                    ) from exc
+                if attempts > self.retry.max_retries:
+                    raise APIError(
+                        f"{what}: could not connect ({type(exc).__name__}); nothing was sent",
+                        url=url,
+                        attempts=attempts,
+                    ) from exc
+                message = type(exc).__name__
+            else:
+                with response:
+                    status = response.status_code
+                    payload = _json_or_none(response.content)
+                    error = payload.get("error") if isinstance(payload, dict) else None
+                    code = error.get("code") if isinstance(error, dict) else None
+                    message = error.get("message") if isinstance(error, dict) else None
+                    failed = status >= 400 or (isinstance(payload, dict) and payload.get("success") is False)
+                    if 200 <= status < 300 and not failed:
+                        if payload is None:
+                            raise PlaymentFormatError(
+                                f"{what}: the API answered HTTP {status} with a body that is not JSON "
+                                "(the request may have been applied)"
+                            )
+                        return payload
+                    if 300 <= status < 400:
+                        raise APIError(f"{what}: unexpected redirect", status_code=status, url=url)
+                    not_applied = status in (408, 429, 503) or code in _RATE_CODES
+                    if not not_applied or attempts > self.retry.max_retries:
+                        raise _api_error(what, url, status, code, message or response.reason or "failed", attempts)
+                    retry_after = response.headers.get("Retry-After")
+            pause = self.retry.delay(attempts - 1, retry_after)
+            logger.info(
+                "%s: %s (HTTP %s); retry %d/%d in %.2fs", what, message, status, attempts, self.retry.max_retries, pause
+            )
+            time.sleep(pause)
+
+    @staticmethod
+    def _never_sent(exc: requests.RequestException) -> bool:
+        """Whether a request failed before any byte left: no connection was made (refused, DNS, timeout)."""
+        import urllib3.exceptions  # requests' own transport; imported here to keep this block self-contained
+
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return True
+        reason = exc.args[0] if exc.args else None
+        reason = getattr(reason, "reason", reason)  # requests wraps urllib3's MaxRetryError around the cause
+        return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+    @staticmethod
+    def _created_id(payload: Any, name: str, what: str) -> str:
+        """The id a create endpoint answered with (``data.<name>``), validated."""
+        data = payload.get("data") if isinstance(payload, dict) else None
+        value = data.get(name) if isinstance(data, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value):
+            raise PlaymentFormatError(f"{what}: the answer has no {name!r} (the request may have been applied)")
+        return str(value)
+
 
 # ------------------------------------------------------------------------------------------- helpers
 

@@ -2,9 +2,20 @@
 
 :class:`FakePlaymentServer` runs two HTTP/1.1 listeners on loopback, each on its own daemon threads:
 
-* the **API listener** (``server.url``, ``http://127.0.0.1:<port>``) answers the four documented endpoints
-  (project details, batch listing with page tokens, job, attachments) with Playment's envelopes and error
-  bodies;
+* the **API listener** (``server.url``, ``http://127.0.0.1:<port>``) answers the documented endpoints with
+  Playment's envelopes and error bodies:
+
+  ===========================================  ===============  ==========================================
+  request                                      route name       answer
+  ===========================================  ===============  ==========================================
+  ``GET /v1/projects/:pid/details``            ``project``      name and batches
+  ``GET /v1/projects/:pid/batch/:bid``         ``batch``        one page of jobs (``page_token``)
+  ``GET /v1/projects/:pid/jobs/:jid``          ``job``          status, result URL when completed
+  ``GET /v1/attachments?url=``                 ``attachments``  302 to a signed storage URL
+  ``POST /v1/projects/:pid/batch``             ``create_batch`` ``{batch_id}``
+  ``POST /v1/projects/:pid/jobs``              ``create_job``   ``{job_id, reference_id, work_flow_id}``
+  ===========================================  ===============  ==========================================
+
 * the **storage listener** (``server.storage_url``, ``http://localhost:<port>``: a *different host name*, like
   S3 behind Playment's attachments redirect) serves short-lived HMAC-signed URLs and never needs the API key.
   It also serves ``/direct/<name>``: a stand-in for a customer's own web server (no key, no signature), on a
@@ -16,7 +27,18 @@ connections and slow bodies.
 
 Choices where Playment's documentation is silent:
 
-* Auth is checked after routing: an unknown path is a 404 and a non-GET method a 405, whatever the key.
+* Auth is checked after routing: an unknown path is a 404 and a wrong method a 405 (``Allow`` names the right
+  one), whatever the key. The two POST routes check the key exactly as the GET routes do.
+* Creating work: a body that is not a JSON object, or lacks ``name`` (batch) or ``reference_id`` /
+  ``work_flow_id`` (job), or whose ``data.sensor_data`` is malformed (no ``frames`` list of objects with a
+  ``frame_id`` and a non-empty ``sensors`` list of ``{sensor_id, data_url}``; ``sensor_meta`` not a list of
+  objects with ``id`` and a ``modality`` of ``lidar``/``camera``; a sensor that no ``sensor_meta`` entry
+  names by id or name), or that names an unknown ``batch_id``, is an HTTP 400 ``GE_0001`` whose message names
+  the field. A job without ``batch_id`` goes to the default batch. New jobs have status ``"created"`` and no
+  result; :meth:`FakePlaymentServer.job_data` returns the ``data`` they were posted with.
+* Duplicates are accepted: a second batch with the same name, or a second job with the same ``reference_id``,
+  is created like any other (Playment documents neither way), so a client's idempotency is its own work and
+  tests can see a double creation.
 * A fault fires *before* anything else (like a proxy in front of the service). For each request the first
   fault, in the order added, whose route and ``match`` fit and that has firings left fires; only one fires.
 * ``match`` is a substring of the decoded request target (path and query, so an attachments request can be
@@ -59,9 +81,12 @@ __all__ = ["PLAYMENT_STORAGE", "ROUTES", "FakePlaymentServer", "Fault", "Request
 PLAYMENT_STORAGE = "https://playment-data-uploads.s3.ap-south-1.amazonaws.com"
 
 #: Route names a fault can target (``"*"`` targets all of them, and unknown paths too).
-ROUTES = ("*", "project", "batch", "job", "attachments", "storage", "direct")
+ROUTES = ("*", "project", "batch", "job", "attachments", "storage", "direct", "create_batch", "create_job")
 
 _API_ROUTES = (
+    # Creating work: the collection paths, without an id (``/batch/`` with an empty id stays a bad GET).
+    ("create_batch", re.compile(r"^/v1/projects/([^/]*)/batch$")),
+    ("create_job", re.compile(r"^/v1/projects/([^/]*)/jobs$")),
     ("project", re.compile(r"^/v1/projects/([^/]*)/details/?$")),
     ("batch", re.compile(r"^/v1/projects/([^/]*)/batch/([^/]*)/?$")),
     ("job", re.compile(r"^/v1/projects/([^/]*)/jobs/([^/]*)/?$")),
@@ -72,6 +97,8 @@ _DIRECT_ROUTE = re.compile(r"^/direct/(.+)$")
 _STORAGE_ROUTE = re.compile(r"^/signed/([^/]+)$")
 _TOKEN_PREFIX = "offset:"
 _MAX_DRAINED_BODY = 1 << 20
+_POST_ROUTES = frozenset({"create_batch", "create_job"})
+_MODALITIES = ("lidar", "camera")
 _SLOW_BODY_CHUNKS = 20
 _NOT_STARTED = "FakePlaymentServer is not started: call start() or use it as a context manager"
 
@@ -85,10 +112,13 @@ class RequestRecord:
         path: The request path, without its query string.
         query: The query parameters (first value of each).
         host: The ``Host`` header as sent.
-        route: ``project``, ``batch``, ``job``, ``attachments``, ``direct``, ``storage`` or ``unknown``.
+        route: ``project``, ``batch``, ``job``, ``attachments``, ``create_batch``, ``create_job``, ``direct``,
+            ``storage`` or ``unknown``.
         status: The status code answered, or ``None`` when the connection was dropped without a response.
         sent_key: Whether an ``x-api-key`` header was present (the key itself is never recorded).
         time: ``time.monotonic()`` when the request arrived.
+        body: The decoded JSON body of a POST to the API (``None`` for other requests, or a body that is not
+            JSON), so a test can see what was sent; it never holds the key, which travels in a header.
     """
 
     method: str
@@ -99,6 +129,7 @@ class RequestRecord:
     status: int | None
     sent_key: bool
     time: float
+    body: Any = None
 
 
 @dataclass(eq=False)
@@ -149,6 +180,7 @@ class _Batch:
     is_default: bool
     created_at: str
     job_ids: list[str] = field(default_factory=list)
+    description: str = ""
 
 
 @dataclass
@@ -161,6 +193,7 @@ class _Job:
     result_url: str = ""
     frames: int = 0
     annotations: int = 0
+    data: Any = None  # the ``data`` a created job was posted with
 
 
 @dataclass(frozen=True)
@@ -271,6 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes; without TCP_NODELAY, Nagle + delayed ACK add ~40 ms per response.
     disable_nagle_algorithm = True
     server: _Listener
+    request_body: bytes | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay silent: the default logs every request to stderr."""
@@ -541,6 +575,19 @@ class FakePlaymentServer:
             batch.job_ids.append(job_id)
         return job_id
 
+    def job_data(self, job_id: str) -> Any:
+        """The ``data`` object a job was created with through ``POST /v1/projects/:pid/jobs`` (a copy).
+
+        Returns:
+            The posted ``data`` (``{"sensor_data": {...}}``), or ``None`` for a job added with :meth:`add_job`.
+
+        Raises:
+            ConfigError: the job is unknown.
+        """
+        with self._lock:
+            data = self._job(job_id).data
+        return None if data is None else json.loads(json.dumps(data))
+
     def set_job_status(self, job_id: str, status: str) -> None:
         """Change a job's status (a result stored earlier reappears when it becomes ``"completed"``).
 
@@ -765,8 +812,10 @@ class FakePlaymentServer:
             query.setdefault(key, value)
         kind = handler.server.kind
         route, params = self._route(kind, path)
+        handler.request_body = None
         if not self._drain_request_body(handler):
             handler.close_connection = True
+        posted = _json_or_none(handler.request_body) if route in _POST_ROUTES and handler.command == "POST" else None
 
         haystack = urllib.parse.unquote(handler.path)
         if route == "storage" and params:
@@ -789,6 +838,7 @@ class FakePlaymentServer:
                 status=status,
                 sent_key=handler.headers.get("x-api-key") is not None,
                 time=arrived,
+                body=posted,
             )
             with self._lock:
                 self._requests.append(record)
@@ -826,7 +876,11 @@ class FakePlaymentServer:
 
     @staticmethod
     def _drain_request_body(handler: _Handler) -> bool:
-        """Read (and ignore) a request body so the keep-alive connection stays in sync; False to close it."""
+        """Read a request body (kept in ``handler.request_body``) so the keep-alive connection stays in sync.
+
+        Returns:
+            False when the connection must be closed (a chunked, unsized or oversized body is not read).
+        """
         length = handler.headers.get("Content-Length")
         if handler.headers.get("Transfer-Encoding"):
             return False
@@ -838,7 +892,7 @@ class FakePlaymentServer:
             return False
         if size < 0 or size > _MAX_DRAINED_BODY:
             return False
-        handler.rfile.read(size)
+        handler.request_body = handler.rfile.read(size)
         return True
 
     @staticmethod
@@ -867,9 +921,10 @@ class FakePlaymentServer:
         if route == "unknown":
             path = urllib.parse.urlsplit(handler.path).path
             return _error(404, "not_found", f"no such endpoint: {handler.command} {path}")
-        if handler.command != "GET":
-            response = _error(405, "method_not_allowed", f"{handler.command} is not allowed; use GET")
-            response.headers.append(("Allow", "GET"))
+        allowed = "POST" if route in _POST_ROUTES else "GET"
+        if handler.command != allowed:
+            response = _error(405, "method_not_allowed", f"{handler.command} is not allowed; use {allowed}")
+            response.headers.append(("Allow", allowed))
             return response
         key = handler.headers.get("x-api-key")
         if key is None:
@@ -883,6 +938,10 @@ class FakePlaymentServer:
             return _error(400, "GE_0001", "invalid parameter: empty id in the path")
         if project_id != self.project_id:
             return _error(400, "FS_0006", f"project {project_id} not found")
+        if route == "create_batch":
+            return self._create_batch(handler.request_body)
+        if route == "create_job":
+            return self._create_job(handler.request_body)
         if route == "project":
             return self._project_details()
         if route == "batch":
@@ -899,7 +958,7 @@ class FakePlaymentServer:
                     {
                         "id": batch.id,
                         "name": batch.name,
-                        "description": "",
+                        "description": batch.description,
                         "is_default": batch.is_default,
                         "total_jobs": len(jobs),
                         "completed_jobs": len(done),
@@ -911,6 +970,64 @@ class FakePlaymentServer:
                     }
                 )
         return _ok({"name": self.project_name, "base": "pointcloud_segmentation", "batches": batches})
+
+    def _create_batch(self, raw: bytes | None) -> _Response:
+        body = _json_or_none(raw)
+        if not isinstance(body, dict):
+            return _error(400, "GE_0001", "invalid parameter: the request body must be a JSON object")
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            return _error(400, "GE_0001", "invalid parameter: 'name' is required and must be a non-empty string")
+        description = body.get("description", "")
+        if description is None:
+            description = ""
+        if not isinstance(description, str):
+            return _error(400, "GE_0001", "invalid parameter: 'description' must be a string")
+        batch_id = str(uuid.uuid4())
+        with self._lock:
+            self._batches[batch_id] = _Batch(batch_id, name, False, _now_iso(), description=description)
+        return _ok({"batch_id": batch_id})
+
+    def _create_job(self, raw: bytes | None) -> _Response:
+        body = _json_or_none(raw)
+        if not isinstance(body, dict):
+            return _error(400, "GE_0001", "invalid parameter: the request body must be a JSON object")
+        for name in ("reference_id", "work_flow_id"):
+            value = body.get(name)
+            if not isinstance(value, str) or not value.strip():
+                return _error(400, "GE_0001", f"invalid parameter: {name!r} is required and must be a non-empty string")
+        batch_id = body.get("batch_id")
+        if batch_id is not None and (not isinstance(batch_id, str) or not batch_id):
+            return _error(400, "GE_0001", "invalid parameter: 'batch_id' must be a non-empty string")
+        data = body.get("data")
+        sensor_data = data.get("sensor_data") if isinstance(data, dict) else None
+        problem = _sensor_data_problem(sensor_data)
+        if problem:
+            return _error(400, "GE_0001", f"invalid parameter: data.sensor_data: {problem}")
+        assert isinstance(sensor_data, dict)
+        job_id = str(uuid.uuid4())
+        with self._lock:
+            if batch_id is None:
+                batch = next((b for b in self._batches.values() if b.is_default), None)
+                if batch is None:
+                    batch = _Batch(str(uuid.uuid4()), "Default batch", True, _now_iso())
+                    self._batches[batch.id] = batch
+            else:
+                found = self._batches.get(batch_id)
+                if found is None:
+                    return _error(400, "GE_0001", f"invalid parameter: batch_id {batch_id} does not exist")
+                batch = found
+            self._jobs[job_id] = _Job(
+                job_id=job_id,
+                batch_id=batch.id,
+                reference_id=body["reference_id"],
+                status="created",
+                work_flow_id=body["work_flow_id"],
+                frames=len(sensor_data["frames"]),
+                data=json.loads(json.dumps(data)),
+            )
+            batch.job_ids.append(job_id)
+        return _ok({"job_id": job_id, "reference_id": body["reference_id"], "work_flow_id": body["work_flow_id"]})
 
     def _batch_page(self, batch_id: str, token: str) -> _Response:
         with self._lock:
@@ -1036,6 +1153,62 @@ class FakePlaymentServer:
                     return
         else:
             handler.wfile.write(body)
+
+
+def _json_or_none(raw: bytes | None) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _nonempty_string(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _sensor_data_problem(sensor_data: Any) -> str:
+    """What is wrong with a posted ``sensor_data`` ("" when nothing), in the words of an error message."""
+    if not isinstance(sensor_data, dict):
+        return "required, and must be an object"
+    metas = sensor_data.get("sensor_meta")
+    if not isinstance(metas, list) or not metas:
+        return "'sensor_meta' must be a non-empty array"
+    names: set[str] = set()
+    for i, meta in enumerate(metas):
+        if not isinstance(meta, dict) or not _nonempty_string(meta.get("id")):
+            return f"sensor_meta[{i}] must be an object with an 'id'"
+        if meta.get("modality") not in _MODALITIES:
+            return f"sensor_meta[{i}].modality must be one of {', '.join(_MODALITIES)}"
+        names.add(meta["id"])
+        if _nonempty_string(meta.get("name")):
+            names.add(meta["name"])
+    frames = sensor_data.get("frames")
+    if not isinstance(frames, list) or not frames:
+        return "'frames' must be a non-empty array"
+    for i, frame in enumerate(frames):
+        if not isinstance(frame, dict):
+            return f"frames[{i}] must be an object"
+        if not isinstance(frame.get("frame_id"), (str, int)) or isinstance(frame.get("frame_id"), bool):
+            return f"frames[{i}].frame_id is required"
+        ego_pose = frame.get("ego_pose")
+        if ego_pose is not None and not isinstance(ego_pose, dict):
+            return f"frames[{i}].ego_pose must be an object"
+        sensors = frame.get("sensors")
+        if not isinstance(sensors, list) or not sensors:
+            return f"frames[{i}].sensors must be a non-empty array"
+        for j, sensor in enumerate(sensors):
+            where = f"frames[{i}].sensors[{j}]"
+            if not isinstance(sensor, dict) or not _nonempty_string(sensor.get("sensor_id")):
+                return f"{where} must be an object with a 'sensor_id'"
+            if not _nonempty_string(sensor.get("data_url")):
+                return f"{where}.data_url is required"
+            if sensor["sensor_id"] not in names:
+                return f"{where}.sensor_id {sensor['sensor_id']!r} is not in sensor_meta"
+            if sensor.get("sensor_pose") is not None and not isinstance(sensor["sensor_pose"], dict):
+                return f"{where}.sensor_pose must be an object"
+    return ""
 
 
 def _encode_token(offset: int) -> str:
