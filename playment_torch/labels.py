@@ -195,6 +195,16 @@ def map_keys(
     """
     if keys.size == 0:
         return np.full(mask.shape, fill, dtype=np.int64)
+    if mask.dtype in (np.uint8, np.int16):
+        # Masks are stored in their compact type (nearly always uint8): a table with a slot for every value of
+        # that type makes the mapping one gather straight from the mask, no widened copy of it first. An int16
+        # mask's negative keys index from the table's end, which is where their two's-complement value puts them.
+        span = 256 if mask.dtype == np.uint8 else 65536
+        low = 0 if mask.dtype == np.uint8 else -32768
+        table = np.full(span, fill, dtype=np.int64)
+        inside = (keys >= low) & (keys < low + span)
+        table[keys[inside]] = values[inside]
+        return table[mask]
     lo, hi = int(keys[0]), int(keys[-1])
     if hi - lo < 65536 and lo != _INT64_MIN:
         # Keys are small integers in practice: one subtraction and one gather from a dense table whose first

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from playment_torch.errors import ConfigError
-from playment_torch.labels import ClassMap, LabelLookup
+from playment_torch.labels import ClassMap, LabelLookup, map_keys
 from playment_torch.models import LabelEntry
 
 INT64_MIN = int(np.iinfo(np.int64).min)
@@ -231,3 +231,13 @@ def test_lookup_keeps_mask_shape() -> None:
     lookup = ClassMap(["a", "b"]).lookup([entry(0, "a"), entry(3, "b")], {})
     labels, _ = lookup.apply(np.array([[0, 3], [1, 0]]), IGNORE)
     assert labels.tolist() == [[0, 1], [IGNORE, 0]]
+
+
+@pytest.mark.parametrize(("dtype", "low", "high"), [(np.uint8, 0, 256), (np.int16, -32768, 32768)])
+def test_compact_masks_map_like_int64_masks(dtype, low, high):
+    rng = np.random.default_rng(5)
+    keys = np.unique(np.concatenate([rng.integers(low, high, 300), [low, high - 1, -(2**40), 2**40]])).astype(np.int64)
+    values = rng.integers(0, 9, len(keys)).astype(np.int64)
+    mask = rng.integers(low, high, 20_000).astype(dtype)
+    mask[:4] = [low, high - 1, 0, low + 1]
+    assert np.array_equal(map_keys(keys, values, mask, -100), map_keys(keys, values, mask.astype(np.int64), -100))
