@@ -105,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=None, help="the key the fake server expects (default: one from --seed)")
     serve.add_argument("--batches", type=int, default=1, help="batches the jobs are dealt to (default 1)")
     serve.add_argument("--json", action="store_true", help="print the connection details as one JSON object")
+    serve.add_argument("--latency", type=float, default=0.0, help="seconds added to every response (default 0)")
+    serve.add_argument(
+        "--encoding", default="binary", choices=("ascii", "binary", "binary_compressed"), help="PCD encoding"
+    )
     serve.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     return parser
 
@@ -346,7 +350,9 @@ def _serve(args: argparse.Namespace) -> None:
             points_per_frame=args.points,
             seed=args.seed,
             batches=args.batches,
+            encoding=args.encoding,
         )
+        server.latency = args.latency
         batches: dict[str, list[str]] = {}
         for job in jobs:
             batches.setdefault(job.batch_id or server.default_batch_id, []).append(job.job_id)

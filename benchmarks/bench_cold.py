@@ -1,0 +1,260 @@
+"""The cold path and the warm floor (issue "cold path at the speed of the network"), side by side in one run.
+
+Run from the repository root::
+
+    python benchmarks/bench_cold.py [--frames 48] [--points 120000] [--repeat 5]
+
+The fake Playment server runs in **another process** (``playment-torch serve``), so its CPU is not counted as the
+client's; the synthetic frames are 120k-point binary PCDs (``x y z intensity ring``) with JSON masks, as users
+have them. Every row alternates the two sides round by round, in shuffled order, and reports medians.
+
+Rows:
+
+1. bytes written to the cache per frame ÷ bytes downloaded per frame (cold ``prefetch``). Target ≤ 1.0.
+2. client CPU per frame (``time.process_time`` of this process, all threads) in ``prefetch(num_threads=16)``
+   ÷ a naive sequential loop (one ``requests`` session: attachments redirect, signed GET, ``read_pcd`` /
+   ``read_mask``), both at zero latency. Target ≤ 1.5.
+3. cold ``prefetch(num_threads=32)`` wall time vs the naive loop with 50 ms added to every response (the naive
+   loop runs on 8 frames and is extrapolated per frame). Target ≥ 15× faster.
+4. warm ``ds[i]`` per item ÷ ``np.load`` + ``torch.from_numpy`` of the same arrays as ``.npy`` files. Target ≤ 1.0.
+5. warm ``ds[i]`` ÷ a plain ``open`` + ``readinto`` of the same bytes our records hold (points and mask) into
+   fresh arrays. Target ≤ 1.3.
+6. a freshly forked worker's first pass over the warm frames ÷ its second pass. Target ≤ 1.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from playment_torch.client import PlaymentClient  # noqa: E402
+from playment_torch.dataset import PlaymentSegmentationDataset  # noqa: E402
+from playment_torch.formats.masks import read_mask  # noqa: E402
+from playment_torch.formats.pcd import read_pcd  # noqa: E402
+
+
+class Server:
+    """``playment-torch serve`` in a child process."""
+
+    def __init__(self, frames: int, points: int, latency: float) -> None:
+        jobs = max(1, frames // 8)
+        argv = [sys.executable, "-m", "playment_torch.cli", "serve", "--json", "--seed", "7"]
+        argv += ["--jobs", str(jobs), "--frames", str(frames // jobs), "--points", str(points)]
+        argv += ["--latency", str(latency)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+        assert self.process.stdout is not None
+        self.details: dict[str, Any] = json.loads(self.process.stdout.readline())
+
+    def client(self) -> PlaymentClient:
+        return PlaymentClient(self.details["api_key"], base_url=self.details["url"])
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def dataset(server: Server, cache: Path, **options: Any) -> PlaymentSegmentationDataset:
+    return PlaymentSegmentationDataset(
+        server.details["project_id"], client=server.client(), cache_dir=str(cache), progress=False, **options
+    )
+
+
+def cold_prefetch(server: Server, work: Path, threads: int) -> dict[str, float]:
+    """One cold prefetch from a cache that has the job results only (resolution is not timed)."""
+    cache = work / f"cold-{time.monotonic_ns()}"
+    ds = dataset(server, cache)
+    ds.cache.stats.reset()
+    cpu, wall = time.process_time(), time.perf_counter()
+    report = ds.prefetch(num_threads=threads, progress=False)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    assert not report.failures, report.failures[:2]
+    written = ds.cache.stats.bytes_written
+    ds.cache.close()
+    shutil.rmtree(cache, ignore_errors=True)
+    frames = len(ds)
+    return {
+        "cpu_per_frame": cpu / frames,
+        "wall": wall,
+        "written_per_frame": written / frames,
+        "downloaded_per_frame": report.bytes_downloaded / frames,
+        "frames": frames,
+    }
+
+
+def naive_loop(server: Server, work: Path, limit: int | None = None) -> dict[str, float]:
+    """Sequential attachments redirect + signed GET + decode: what a user would write without us."""
+    import requests
+
+    ds = dataset(server, work / "naive-index")
+    frames = ds.frames[: limit or len(ds)]
+    session = requests.Session()
+    key, url = server.details["api_key"], server.details["url"]
+    cpu, wall = time.process_time(), time.perf_counter()
+    for frame in frames:
+        for target, decode in ((frame.pointcloud_url, read_pcd), (frame.mask_url, read_mask)):
+            redirect = session.get(
+                url + "/v1/attachments", params={"url": target}, headers={"x-api-key": key}, allow_redirects=False
+            )
+            response = session.get(redirect.headers["Location"])
+            response.raise_for_status()
+            decode(response.content)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return {"cpu_per_frame": cpu / len(frames), "wall_per_frame": wall / len(frames)}
+
+
+def warm_rows(server: Server, work: Path, repeat: int) -> dict[str, float]:
+    """Rows 4 and 5: warm ds[i] against np.load and readinto of the same bytes (interleaved, shuffled)."""
+    cache = work / "warm"
+    ds = dataset(server, cache)
+    ds.prefetch(num_threads=16, progress=False)
+    time.sleep(2.5)  # files older than 2 s are trusted after their first verified read (see cache.py)
+    npy, raw = work / "npy", work / "raw"
+    npy.mkdir(exist_ok=True)
+    raw.mkdir(exist_ok=True)
+    store = ds._store
+    sizes = []
+    for i in range(len(ds)):
+        sample = ds[i]
+        np.save(npy / f"{i}-points.npy", sample.points.numpy())
+        np.save(npy / f"{i}-labels.npy", sample.labels.numpy())
+        points = store.points(i)
+        mask = store.mask(i, len(points))
+        (raw / f"{i}-points.bin").write_bytes(points.tobytes())
+        (raw / f"{i}-mask.bin").write_bytes(mask.tobytes())
+        sizes.append((points.shape, mask.dtype, mask.size))
+
+    def ours() -> None:
+        for i in range(len(ds)):
+            ds[i]
+
+    def load() -> None:
+        for i in range(len(ds)):
+            torch.from_numpy(np.load(npy / f"{i}-points.npy"))
+            torch.from_numpy(np.load(npy / f"{i}-labels.npy"))
+
+    def readinto() -> None:
+        for i, (shape, dtype, count) in enumerate(sizes):
+            points = np.empty(shape, dtype=np.float32)
+            with open(raw / f"{i}-points.bin", "rb", buffering=0) as f:
+                f.readinto(points.data)  # type: ignore[attr-defined]
+            mask = np.empty(count, dtype=dtype)
+            with open(raw / f"{i}-mask.bin", "rb", buffering=0) as f:
+                f.readinto(mask.data)  # type: ignore[attr-defined]
+
+    sides = {"ours": ours, "np.load": load, "readinto": readinto}
+    for side in sides.values():
+        side()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeat * 10):
+        order = list(sides)
+        random.shuffle(order)
+        for name in order:
+            started = time.perf_counter()
+            sides[name]()
+            times[name].append((time.perf_counter() - started) / len(ds))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    fresh = fresh_worker(ds, repeat)
+    ds.cache.close()
+    return {**medians, **fresh}
+
+
+def _worker(ds: PlaymentSegmentationDataset, queue: Any) -> None:
+    passes = []
+    for _ in range(2):
+        started = time.perf_counter()
+        for i in range(len(ds)):
+            ds[i]
+        passes.append((time.perf_counter() - started) / len(ds))
+    queue.put(passes)
+
+
+def fresh_worker(ds: PlaymentSegmentationDataset, repeat: int) -> dict[str, float]:
+    """Row 6: a forked child's first pass over the warm frames against its second pass (medians over forks)."""
+    context = multiprocessing.get_context("fork")
+    firsts, seconds = [], []
+    for _ in range(repeat):
+        queue = context.Queue()
+        child = context.Process(target=_worker, args=(ds, queue))
+        child.start()
+        first, second = queue.get(timeout=300)
+        child.join(60)
+        firsts.append(first)
+        seconds.append(second)
+    return {"fork_first": statistics.median(firsts), "fork_steady": statistics.median(seconds)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--points", type=int, default=120_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-cold-"))
+    fast = Server(args.frames, args.points, 0.0)
+    slow = Server(args.frames, args.points, 0.05)
+    try:
+        cold: list[dict[str, float]] = []
+        naive: list[dict[str, float]] = []
+        for _ in range(args.repeat):
+            runs = [lambda: cold.append(cold_prefetch(fast, work, 16)), lambda: naive.append(naive_loop(fast, work))]
+            random.shuffle(runs)
+            for run in runs:
+                run()
+        slow_ours, slow_naive = [], []
+        for _ in range(max(1, args.repeat // 2)):
+            slow_ours.append(cold_prefetch(slow, work, 32)["wall"])
+            slow_naive.append(naive_loop(slow, work, limit=8)["wall_per_frame"])
+        warm = warm_rows(fast, work, args.repeat)
+    finally:
+        fast.close()
+        slow.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+    median = statistics.median
+    frames = cold[0]["frames"]
+    written = median(r["written_per_frame"] for r in cold)
+    downloaded = median(r["downloaded_per_frame"] for r in cold)
+    ours_cpu, naive_cpu = median(r["cpu_per_frame"] for r in cold), median(r["cpu_per_frame"] for r in naive)
+    slow_wall, naive_wall = median(slow_ours), median(slow_naive) * frames
+    rows = [
+        ("1 bytes written / downloaded per frame", f"{written / 1e6:.2f} MB / {downloaded / 1e6:.2f} MB",
+         written / downloaded, "<= 1.0"),
+        ("2 client CPU per frame, prefetch / naive", f"{1e3 * ours_cpu:.1f} ms / {1e3 * naive_cpu:.1f} ms",
+         ours_cpu / naive_cpu, "<= 1.5"),
+        ("3 cold, +50 ms/request: naive / prefetch(32)", f"{naive_wall:.1f} s / {slow_wall:.2f} s",
+         naive_wall / slow_wall, ">= 15"),
+        ("4 warm ds[i] / np.load", f"{1e3 * warm['ours']:.3f} ms / {1e3 * warm['np.load']:.3f} ms",
+         warm["ours"] / warm["np.load"], "<= 1.0"),
+        ("5 warm ds[i] / readinto", f"{1e3 * warm['ours']:.3f} ms / {1e3 * warm['readinto']:.3f} ms",
+         warm["ours"] / warm["readinto"], "<= 1.3"),
+        ("6 fresh worker first pass / steady",
+         f"{1e3 * warm['fork_first']:.3f} ms / {1e3 * warm['fork_steady']:.3f} ms",
+         warm["fork_first"] / warm["fork_steady"], "<= 1.2"),
+    ]  # fmt: skip
+    print(f"{frames} frames of {args.points} points, server in another process, medians of {args.repeat} rounds")
+    print(f"| {'row':<46} | {'measured':<28} | ratio | target |")
+    print(f"|{'-' * 48}|{'-' * 30}|-------|--------|")
+    for name, measured, ratio, target in rows:
+        print(f"| {name:<46} | {measured:<28} | {ratio:5.2f} | {target:<6} |")
+
+
+if __name__ == "__main__":
+    main()
