@@ -21,6 +21,7 @@ from typing import Any
 
 from playment_torch.cache import ArrayCache, default_cache_dir
 from playment_torch.errors import PlaymentError
+from playment_torch.viz import show_command
 
 __all__ = ["main"]
 
@@ -71,6 +72,22 @@ def _parser() -> argparse.ArgumentParser:
     cache = commands.add_parser("cache", parents=[common], help="cache info / clear")
     cache.add_argument("action", choices=("info", "clear"))
     cache.add_argument("--cache-dir")
+
+    show = commands.add_parser(
+        "show", parents=[common], help="picture (PNG) or export (.ply, .pcd) of one frame (key from PLAYMENT_API_KEY)"
+    )
+    show.add_argument("--project", required=True, help="Playment project id")
+    show.add_argument("--job", required=True, help="job id")
+    show.add_argument("--frame", required=True, help="frame id")
+    show.add_argument("--camera", help="also draw this camera's image with the points projected (name or id)")
+    show.add_argument("--predictions", help="predictions folder: ground truth | prediction | disagreement")
+    show.add_argument("--color-by", choices=("class", "intensity", "sweep"), default="class")
+    show.add_argument("--sweeps", type=int, default=None, help="frames per picture (default 1; 3 for sweep)")
+    show.add_argument("--extent", type=float, default=40.0, help="metres from the ego to the map's edges (40)")
+    show.add_argument("--resolution", type=float, default=0.1, help="metres per pixel (default 0.1)")
+    show.add_argument("-o", "--output", required=True, help="output file: .png picture, or .ply / .pcd export")
+    show.add_argument("--cache-dir", help=f"cache folder (default {default_cache_dir()})")
+    show.add_argument("--base-url", default=None, help="API base URL (default https://api.playment.io)")
 
     serve = commands.add_parser("serve", parents=[common], help="run the fake Playment server for your own tests")
     serve.add_argument("--jobs", type=int, default=4, help="synthetic jobs (default 4)")
@@ -290,6 +307,7 @@ _COMMANDS = {
     "verify": _verify,
     "cache": _cache,
     "serve": _serve,
+    "show": show_command,
 }
 
 
