@@ -81,6 +81,7 @@ __all__ = [
     "camera_overlay",
     "class_colors",
     "compare_bev",
+    "find_frame",
     "frame_picture",
     "load_prediction_classes",
     "load_predictions",
@@ -179,14 +180,16 @@ def ramp_colors(values: npt.ArrayLike, value_range: tuple[float, float]) -> np.n
 
     Args:
         values: Any shape of numbers; NaN gets the low colour.
-        value_range: ``(low, high)``; values outside are clipped.
+        value_range: ``(low, high)``: ``low`` gets the dark end, ``high`` the bright end (``high < low``
+            reverses the ramp); values beyond are clipped.
 
     Returns:
         uint8 ``(..., 3)``.
     """
     low, high = float(value_range[0]), float(value_range[1])
     v = np.asarray(values, dtype=np.float64)
-    t = (v - low) / (high - low) if high > low else np.zeros_like(v)
+    # A reversed range (high < low) runs the ramp backwards; an empty one gives the low colour.
+    t = (v - low) / (high - low) if high != low else np.zeros_like(v)
     t = np.clip(np.nan_to_num(t, nan=0.0), 0.0, 1.0) * (len(_RAMP) - 1)
     lower = np.minimum(np.floor(t).astype(np.int64), len(_RAMP) - 2)
     frac = (t - lower)[..., None]
