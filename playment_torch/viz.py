@@ -1191,7 +1191,8 @@ def find_frame(ds: PlaymentSegmentationDataset, job_id: str, frame_id: str) -> i
             return position
     jobs = {job.job_id for job in index.jobs}
     if job_id not in jobs:
-        raise FrameError("the dataset has no such job", job_id=job_id, frame_id=frame_id)
+        # A job that is not completed (or failed to resolve) is left out of a dataset with a warning.
+        raise FrameError("the dataset has no such job (is it completed?)", job_id=job_id, frame_id=frame_id)
     frames = [index.frame_ids[p] for p in range(len(ds)) if index.job_of(p).job_id == job_id]
     shown = ", ".join(frames[:20]) + (" ..." if len(frames) > 20 else "")
     raise FrameError(f"the job has no such frame; its frames: {shown}", job_id=job_id, frame_id=frame_id)

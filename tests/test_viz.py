@@ -464,3 +464,22 @@ def test_show_command_writes_the_frames_picture(server, tmp_path, monkeypatch, c
     assert main(["show", *common, "-o", "x.png"]) == 2
     assert main(["show", *common, "--frame", "1", "--color-by", "height", "-o", "x.png"]) == 2
     assert server.api_key not in capsys.readouterr().err
+
+
+def test_pictures_without_pillow_say_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "PIL", None)  # what an environment without Pillow looks like to import
+    with pytest.raises(ConfigError, match=r"pip install 'playment-torch\[viz\]'"):
+        viz.bev(np.zeros((3, 3)), [0, 0, 0], classes=("a",))
+
+
+def test_show_names_a_job_the_dataset_does_not_have(server, tmp_path, monkeypatch, capsys):
+    jobs = add_synthetic_project(server, n_jobs=1, frames_per_job=1, points_per_frame=POINTS, pending_jobs=1, seed=4)
+    monkeypatch.setenv("PLAYMENT_API_KEY", server.api_key)
+    pending = jobs[1].job_id
+    argv = ["show", "--project", server.project_id, "--job", pending, "--frame", "0", "--base-url", server.url]
+    with pytest.warns(RuntimeWarning, match="not completed"):
+        assert main([*argv, "--cache-dir", str(tmp_path), "--quiet", "-o", str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert f"job {pending}, frame 0: the dataset has no such job (is it completed?)" in err
