@@ -16,7 +16,8 @@ ego position (``ego_pose[:2, 3]``) unless ``center`` is given, ``extent`` metres
 ``resolution`` metres per pixel: a map ``round(2 * extent / resolution)`` pixels square. A point ``(x, y)`` lands
 in column ``left + floor((x - x_min) / resolution)`` and row ``top + floor((y_max - y) / resolution)``
 (:meth:`BEVMapping.pixels`); points outside the square are not drawn. Each point is a ``point_size`` square of
-pixels; where points overlap the highest (largest z) is drawn, as one sees from above. The axes are those of
+pixels; where points overlap the highest (largest z) is drawn, as one sees from above, except that
+labelled points are drawn above ignored ones and the key frame above earlier sweeps. The axes are those of
 the points' frame, not rotated to the ego's heading: the ego is a white triangle pointing along its x axis.
 A scale bar of a round length (1, 2 or 5 times a power of ten metres, about a fifth of the map) is drawn in the
 lower left corner.
@@ -454,7 +455,7 @@ class _BEVLayer:
     title: str
     colors: np.ndarray  # (N, 3) uint8
     on_top: np.ndarray | None = None  # (N,) bool: drawn above all others (e.g. errors)
-    ignored: np.ndarray | None = None  # (N,) bool: drawn below all others (grey points)
+    priority: np.ndarray | None = None  # (N,) small integers: a higher one is drawn above a lower one
 
 
 def _bev_mapping(
@@ -490,11 +491,12 @@ def _draw_bev_panel(
 ) -> tuple[int, int] | None:
     """Draw one layer's points into ``canvas`` (the whole picture) at ``mapping``; returns the ego pixel."""
     columns, rows, inside = mapping.pixels(xyz[:, :2])
-    # Seen from above the highest point shows; labelled points outrank ignored ones (earlier sweeps, unlabeled
-    # returns), and points put on top (errors) outrank everything.
+    # Seen from above the highest point shows, within a priority (labelled points above ignored ones, the key
+    # frame above earlier sweeps); points put on top (errors) outrank everything.
     height = xyz[:, 2].astype(np.float64)
     order = np.where(np.isfinite(height), np.clip(height, -1e6, 1e6), -1e6)
-    order = order + np.where(layer.ignored, 0.0, 1e7) if layer.ignored is not None else order
+    if layer.priority is not None:
+        order = order + 1e7 * np.clip(layer.priority, -1000, 1000)
     if layer.on_top is not None:
         order = order + np.where(layer.on_top, 1e8, 0.0)
     _splat(canvas, columns[inside], rows[inside], layer.colors[inside], order[inside], point_size)
@@ -658,13 +660,13 @@ def bev(
     if color_by not in COLOR_BY:
         raise ConfigError(f"color_by must be one of {', '.join(map(repr, COLOR_BY))}; got {color_by!r}")
     legend: list[tuple[str, RGB]]
-    ignored = None
+    priority = None
     if color_by == "class":
         if labels is None:
             raise ConfigError("color_by='class' needs labels")
         label_array = _per_point(labels, len(xyz), "labels").astype(np.int64)
         colors = _label_colors(label_array, len(classes), ignore_index)
-        ignored = _unknown(label_array, len(classes), ignore_index)
+        priority = (~_unknown(label_array, len(classes), ignore_index)).astype(np.float64)
         legend, legend_title = _class_legend(classes), "classes"
     elif color_by == "intensity":
         if not -xyz.shape[1] <= intensity_column < xyz.shape[1]:
@@ -687,6 +689,7 @@ def bev(
         span = (float(count - 1), 0.0) if count > 1 else (1.0, 0.0)
         # The key frame is the bright end of the ramp; older sweeps fade towards purple.
         colors = ramp_colors(sweep, span)
+        priority = -np.nan_to_num(sweep, nan=count)
         legend = [
             (f"sweep {k}" + (" (key frame)" if k == 0 else ""), _rgb(ramp_colors(float(k), span))) for k in range(count)
         ]
@@ -695,7 +698,7 @@ def bev(
         title = {"class": "classes", "intensity": "intensity", "sweep": "sweeps"}[color_by]
     return _render_bev_panels(
         xyz,
-        [_BEVLayer(title, colors, ignored=ignored)],
+        [_BEVLayer(title, colors, priority=priority)],
         legend,
         ego_pose=pose,
         center=center,
@@ -760,15 +763,18 @@ def compare_bev(
         _BEVLayer(
             titles[0],
             _label_colors(true_labels, len(classes), ignore_index),
-            ignored=_unknown(true_labels, len(classes), ignore_index),
+            priority=(~_unknown(true_labels, len(classes), ignore_index)).astype(np.float64),
         ),
         _BEVLayer(
             titles[1],
             _label_colors(predicted, len(classes), ignore_index),
-            ignored=_unknown(predicted, len(classes), ignore_index),
+            priority=(~_unknown(predicted, len(classes), ignore_index)).astype(np.float64),
         ),
         _BEVLayer(
-            f"disagree: {int(wrong.sum())} of {int(scored.sum())} ({share:.1%})", errors, on_top=wrong, ignored=~scored
+            f"disagree: {int(wrong.sum())} of {int(scored.sum())} ({share:.1%})",
+            errors,
+            on_top=wrong,
+            priority=scored.astype(np.float64),
         ),
     ]
     legend = [*_class_legend(classes), ("agree", AGREE_COLOR), ("disagree", ERROR_COLOR)]

@@ -203,6 +203,11 @@ def test_colour_by_intensity_and_by_sweep():
     assert tuple(image[rows[0], cols[0]]) == (253, 231, 37)  # the key frame is the bright end
     assert tuple(image[rows[2], cols[2]]) == (68, 1, 84)  # the oldest sweep the dark end
     assert [e.name for e in picture.legend] == ["sweep 0 (key frame)", "sweep 1", "sweep 2"]
+    # The key frame is drawn above earlier sweeps, even below them in height.
+    stacked = np.array([[5.0, 5.0, 0.0, 0.0], [5.0, 5.0, 9.0, 1.0]], dtype=np.float32)
+    top = viz.bev(stacked, color_by="sweep", point_size=1)
+    c, r, _ = top.panels[0].mapping.pixels(stacked[:1, :2])
+    assert tuple(pixels_of(top)[r[0], c[0]]) == (253, 231, 37)
     for entry in picture.legend:
         x0, y0, _, _ = entry.box
         assert tuple(image[y0 + 2, x0 + 2]) == entry.color
