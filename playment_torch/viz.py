@@ -445,6 +445,20 @@ def _text_width(draw: PILImageDraw.ImageDraw, text: str, font: Any) -> int:
     return int(right - left)
 
 
+def _fit(draw: PILImageDraw.ImageDraw, text: str, font: Any, room: int) -> str:
+    """``text``, cut with an ellipsis to ``room`` pixels: a picture's layout never depends on a name's length."""
+    if _text_width(draw, text, font) <= room:
+        return text
+    low, high = 0, len(text)  # the longest prefix that fits with its ellipsis
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _text_width(draw, text[:middle] + "…", font) <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low] + "…" if low else ""
+
+
 # ------------------------------------------------------------------------------------------------ BEV
 
 
@@ -570,7 +584,7 @@ def _render_bev_panels(
     panels = []
     for layer, mapping, ego_pixel in zip(layers, mappings, ego_pixels, strict=True):
         scale_bar = _decorate_bev(draw, mapping, ego_pose, ego_pixel)
-        draw.text((mapping.left, _MARGIN + 4), layer.title, fill=_TEXT_COLOR, font=font)
+        draw.text((mapping.left, _MARGIN + 4), _fit(draw, layer.title, font, map_w), fill=_TEXT_COLOR, font=font)
         panels.append(
             Panel(
                 title=layer.title,
@@ -594,11 +608,7 @@ def _draw_legend(
         y = top + _TITLE_HEIGHT + row * _LEGEND_ROW
         box = (left, y, left + _SWATCH, y + _SWATCH)
         draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=tuple(color))
-        text = name
-        # Long names are cut to the strip's width: the picture's width must not depend on a class name.
-        room = _LEGEND_WIDTH - _SWATCH - 8 - _MARGIN
-        while text and _text_width(draw, text, font) > room:
-            text = text[:-2] + "…" if len(text) > 2 else ""
+        text = _fit(draw, name, font, _LEGEND_WIDTH - _SWATCH - 8 - _MARGIN)
         draw.text((left + _SWATCH + 6, y), text, fill=_TEXT_COLOR, font=font)
         entries.append(LegendEntry(name=name, color=(int(color[0]), int(color[1]), int(color[2])), box=box))
     return tuple(entries)
@@ -918,7 +928,7 @@ def camera_overlay(
     out = image_module.fromarray(canvas, "RGB")
     draw = image_draw.Draw(out)
     title = title if title is not None else f"camera {camera.name or camera.sensor_id}"
-    draw.text((left, _MARGIN + 4), title, fill=_TEXT_COLOR, font=_font())
+    draw.text((left, _MARGIN + 4), _fit(draw, title, _font(), width), fill=_TEXT_COLOR, font=_font())
     entries = _draw_legend(draw, legend, left=left + width + _MARGIN, top=_MARGIN, title="classes")
     return Picture(image=out, panels=(Panel(title=title, box=(left, top, width, height)),), legend=entries)
 

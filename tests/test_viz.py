@@ -488,3 +488,18 @@ def test_show_names_a_job_the_dataset_does_not_have(server, tmp_path, monkeypatc
         assert main([*argv, "--cache-dir", str(tmp_path), "--quiet", "-o", str(tmp_path / "x.png")]) == 1
     err = capsys.readouterr().err
     assert f"job {pending}, frame 0: the dataset has no such job (is it completed?)" in err
+
+
+def test_long_titles_and_class_names_are_cut_to_their_space():
+    points = np.array([[0.0, 1.0, 0.0]], dtype=np.float32)
+    long_name = "a class name far too long to fit the legend strip of the picture"
+    picture = viz.bev(points, [0], classes=(long_name,), extent=5.0, title="t" * 400)
+    short = viz.bev(points, [0], classes=("x",), extent=5.0, title="t")
+    assert picture.image.size == short.image.size  # names never change the layout
+    assert picture.legend[0].name == long_name
+    image = pixels_of(picture)
+    left, top, width, _ = picture.panels[0].box
+    # The title stops inside its panel: nothing is drawn over the legend's title row.
+    legend_left = picture.legend[0].box[0]
+    title_row = image[: top - 2, left + width : legend_left - 1]
+    assert (title_row.max(axis=2) < 100).all()
