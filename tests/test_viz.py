@@ -503,3 +503,33 @@ def test_long_titles_and_class_names_are_cut_to_their_space():
     legend_left = picture.legend[0].box[0]
     title_row = image[: top - 2, left + width : legend_left - 1]
     assert (title_row.max(axis=2) < 100).all()
+
+
+def test_image_urls_match_cameras_by_id_or_name_in_every_result_shape(server):
+    by_id = make_job(seed=41, n_frames=2, points_per_frame=POINTS, sensor_ref="id", hosting="s3")
+    server.add_job(by_id.result, job_id=by_id.job_id, files=by_id.files)
+    urls = viz.camera_image_urls(fast_client(server), server.project_id, by_id.job_id)
+    assert set(urls) == {"0", "1"}
+    assert urls["1"] == {
+        "18158562": f"s3://synthetic-bucket/{by_id.job_id}/1_front_center_rgb.jpg",
+        "18158563": f"s3://synthetic-bucket/{by_id.job_id}/1_left_fisheye.jpg",
+    }
+    # Older single-frame results put the sensors under sensor_data; legacy results have no cameras.
+    older = {
+        "annotation_data": {"frames": [{"_id": "f0"}]},
+        "sensor_data": {
+            "sensors": [
+                {"sensor_id": "lidar", "data_url": "https://x/0.pcd"},
+                {"sensor_id": "cam", "data_url": "https://x/0.jpg"},
+                {"sensor_id": "nobody", "data_url": "https://x/1.jpg"},
+            ],
+            "sensor_meta": [
+                {"id": "lidar", "name": "lidar", "modality": "lidar"},
+                {"id": "c1", "name": "cam", "modality": "camera"},
+            ],
+        },
+    }
+    assert viz._image_urls(older, "j") == {"f0": {"c1": "https://x/0.jpg"}}
+    assert viz._image_urls({"legend": [], "url": "https://x/0.pcd"}, "j") == {}
+    with pytest.raises(PlaymentFormatError, match=r"job j: sensor_data\.sensor_meta is not a list"):
+        viz._image_urls({"sensor_data": {"sensor_meta": {}, "frames": []}}, "j")
