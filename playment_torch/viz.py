@@ -1306,16 +1306,19 @@ def frame_picture(
     image = camera_image(ds, position, k)
     # Earlier sweeps were seen from elsewhere and at another time: the camera shows the key frame only.
     key = points[:, -1] == 0 if ds.sweeps > 1 else np.ones(len(points), dtype=bool)
-    overlay = camera_overlay(
-        image,
-        points[key],
-        labels[key],
-        cam,
-        sample.poses[1 + k].numpy(),
-        classes=ds.classes,
-        ignore_index=ds.ignore_index,
-        title=f"camera {cam.name or cam.sensor_id} · ground truth",
-    )
+    try:
+        overlay = camera_overlay(
+            image,
+            points[key],
+            labels[key],
+            cam,
+            sample.poses[1 + k].numpy(),
+            classes=ds.classes,
+            ignore_index=ds.ignore_index,
+            title=f"camera {cam.name or cam.sensor_id} · ground truth",
+        )
+    except PlaymentFormatError as exc:
+        raise PlaymentFormatError(f"{where}: {exc}") from exc
     return _stack([top, overlay])
 
 
