@@ -56,10 +56,12 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "ServerError": ("playment_torch.errors", "ServerError"),
     "collate_points": ("playment_torch.collate", "collate_points"),
     "create_jobs": ("playment_torch.relabel", "create_jobs"),
+    "export_frame": ("playment_torch.export", "export_frame"),
     "project_points": ("playment_torch.geometry", "project_points"),
     "read_mask": ("playment_torch.formats", "read_mask"),
     "read_pcd": ("playment_torch.formats", "read_pcd"),
     "testing": ("playment_torch.testing", None),
+    "viz": ("playment_torch.viz", None),
     "write_pcd": ("playment_torch.formats", "write_pcd"),
 }
 
@@ -102,10 +104,12 @@ __all__ = [
     "__version__",
     "collate_points",
     "create_jobs",
+    "export_frame",
     "project_points",
     "read_mask",
     "read_pcd",
     "testing",
+    "viz",
     "write_pcd",
 ]
 
@@ -126,7 +130,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from playment_torch import testing
+    from playment_torch import testing, viz
     from playment_torch.cache import ArrayCache
     from playment_torch.client import PlaymentClient, RetryPolicy
     from playment_torch.collate import Batch, collate_points
@@ -145,6 +149,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         RateLimitError,
         ServerError,
     )
+    from playment_torch.export import export_frame
     from playment_torch.formats import PCDHeader, PointCloud, read_mask, read_pcd, write_pcd
     from playment_torch.geometry import Camera, Pose, project_points
     from playment_torch.labels import ClassMap

@@ -95,6 +95,21 @@ def _parser() -> argparse.ArgumentParser:
     relabel.add_argument("--rate", type=float, default=20.0, help="requests per second at most (default 20)")
     relabel.add_argument("--threads", type=int, default=4, help="requests in flight (default 4)")
     relabel.add_argument("--base-url", default=None, help="API base URL (default https://api.playment.io)")
+    show = commands.add_parser(
+        "show", parents=[common], help="picture (PNG) or export (.ply, .pcd) of one frame (key from PLAYMENT_API_KEY)"
+    )
+    show.add_argument("--project", required=True, help="Playment project id")
+    show.add_argument("--job", required=True, help="job id")
+    show.add_argument("--frame", required=True, help="frame id")
+    show.add_argument("--camera", help="also draw this camera's image with the points projected (name or id)")
+    show.add_argument("--predictions", help="predictions folder: ground truth | prediction | disagreement")
+    show.add_argument("--color-by", choices=("class", "intensity", "sweep"), default="class")
+    show.add_argument("--sweeps", type=int, default=None, help="frames per picture (default 1; 3 for sweep)")
+    show.add_argument("--extent", type=float, default=40.0, help="metres from the ego to the map's edges (40)")
+    show.add_argument("--resolution", type=float, default=0.1, help="metres per pixel (default 0.1)")
+    show.add_argument("-o", "--output", required=True, help="output file: .png picture, or .ply / .pcd export")
+    show.add_argument("--cache-dir", help=f"cache folder (default {default_cache_dir()})")
+    show.add_argument("--base-url", default=None, help="API base URL (default https://api.playment.io)")
 
     serve = commands.add_parser("serve", parents=[common], help="run the fake Playment server for your own tests")
     serve.add_argument("--jobs", type=int, default=4, help="synthetic jobs (default 4)")
@@ -386,6 +401,12 @@ def _relabel(args: argparse.Namespace) -> None:
     run_cli(args)
 
 
+def _show(args: argparse.Namespace) -> None:
+    from playment_torch.viz import show_command  # Pillow is an optional extra: imported only for this command
+
+    show_command(args)
+
+
 _COMMANDS = {
     "demo": _demo,
     "prefetch": _prefetch,
@@ -394,6 +415,7 @@ _COMMANDS = {
     "cache": _cache,
     "serve": _serve,
     "relabel": _relabel,
+    "show": _show,
 }
 
 
