@@ -28,6 +28,10 @@ from playment_torch.errors import ConfigError, PlaymentError
 __all__ = ["main"]
 
 API_KEY = "PLAYMENT_API_KEY"
+_NO_KEY = (
+    f"no Playment API key: set {API_KEY} (export {API_KEY}=...); the command line never takes the key as an "
+    "argument, so that it stays out of shell history and process lists"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -156,7 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PlaymentError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"playment-torch: error: {_one_line(str(exc))}", file=sys.stderr)
+        message = str(exc)
+        if isinstance(exc, ConfigError) and message.startswith("no Playment API key"):
+            message = _NO_KEY  # the library's message speaks to Python callers ("pass api_key=")
+        print(f"playment-torch: error: {_one_line(message)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("playment-torch: interrupted", file=sys.stderr)
@@ -184,10 +191,7 @@ def _dataset(args: argparse.Namespace, **options: Any) -> Any:
     client = None
     if refresh != "never":
         if not os.environ.get(API_KEY_ENV, "").strip():
-            raise ConfigError(
-                f"no Playment API key: set {API_KEY_ENV} (export {API_KEY_ENV}=...); the command line never "
-                "takes the key as an argument, so that it stays out of shell history and process lists"
-            )
+            raise ConfigError(_NO_KEY)
         client = PlaymentClient(base_url=args.base_url or DEFAULT_BASE_URL)
     options.setdefault("point_fields", tuple(name.strip() for name in args.point_fields.split(",") if name.strip()))
     return PlaymentSegmentationDataset(
