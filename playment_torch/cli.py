@@ -266,6 +266,7 @@ def _inspect(args: argparse.Namespace) -> None:
     frames_per_job: dict[str, int] = {}
     sizes = []
     unlabeled = 0
+    nonfinite: dict[str, int] = {}  # "job J, frame F" -> points with NaN or infinite coordinates
     from tqdm.auto import tqdm
 
     # disable=None: a bar on a terminal only.
@@ -280,6 +281,9 @@ def _inspect(args: argparse.Namespace) -> None:
         sizes.append(len(labels))
         job = dataset.index.job_of(i).job_id
         frames_per_job[job] = frames_per_job.get(job, 0) + 1
+        bad = int((~np.isfinite(sample.points[:, :3].numpy())).any(axis=1).sum())
+        if bad:
+            nonfinite[f"job {job}, frame {dataset.index.frame_ids[i]}"] = bad
     total = int(sum(sizes))
     summary = {
         "project": args.project,
@@ -297,6 +301,7 @@ def _inspect(args: argparse.Namespace) -> None:
         },
         "points": total,
         "unlabeled_share": unlabeled / total if total else 0.0,
+        "nonfinite_points": nonfinite,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -309,6 +314,11 @@ def _inspect(args: argparse.Namespace) -> None:
     sizes_summary = summary["points_per_frame"]
     print(f"points per frame: min {sizes_summary['min']}, median {sizes_summary['median']}, max {sizes_summary['max']}")
     print(f"unlabeled points: {summary['unlabeled_share']:.1%}")
+    if nonfinite:
+        shown = ", ".join(f"{where} ({count})" for where, count in list(nonfinite.items())[:10])
+        more = " ..." if len(nonfinite) > 10 else ""
+        total_bad = sum(nonfinite.values())
+        print(f"non-finite points (NaN/inf coordinates, kept): {total_bad} in {len(nonfinite)} frames: {shown}{more}")
     print("frames per job: " + ", ".join(f"{job} {n}" for job, n in sorted(frames_per_job.items())))
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from playment_torch.cli import main
@@ -140,3 +141,18 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_inspect_lists_frames_with_non_finite_points(server, project, tmp_path, capsys):
+    from playment_torch.formats.pcd import encode_pcd
+
+    job = project[0]
+    lidar = next(s for s in job.result["sensor_data"]["frames"][1]["sensors"] if s["data_url"].endswith(".pcd"))
+    data = job.frames[1].points.copy()
+    data["y"][10:13] = np.nan
+    server.put_file(lidar["data_url"], encode_pcd(data, encoding="binary"))
+    assert main(["inspect", *selection(server, tmp_path, "--quiet")]) == 0
+    captured = capsys.readouterr()
+    expected = f"non-finite points (NaN/inf coordinates, kept): 3 in 1 frames: job {job.job_id}, frame 1 (3)"
+    assert expected in captured.out
+    assert "playment-torch: warning: " in captured.err and "3 of" in captured.err
