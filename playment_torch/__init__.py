@@ -29,7 +29,9 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "ConfigError": ("playment_torch.errors", "ConfigError"),
     "DatasetStats": ("playment_torch.dataset", "DatasetStats"),
     "DownloadError": ("playment_torch.errors", "DownloadError"),
+    "EvaluationReport": ("playment_torch.evaluation", "EvaluationReport"),
     "FrameError": ("playment_torch.errors", "FrameError"),
+    "FrameMetrics": ("playment_torch.evaluation", "FrameMetrics"),
     "FrameRef": ("playment_torch.models", "FrameRef"),
     "Job": ("playment_torch.models", "Job"),
     "JobNotCompletedError": ("playment_torch.errors", "JobNotCompletedError"),
@@ -41,9 +43,12 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "PlaymentClient": ("playment_torch.client", "PlaymentClient"),
     "PlaymentError": ("playment_torch.errors", "PlaymentError"),
     "PlaymentFormatError": ("playment_torch.errors", "PlaymentFormatError"),
+    "PlaymentResults": ("playment_torch.predictions", "PlaymentResults"),
     "PlaymentSegmentationDataset": ("playment_torch.dataset", "PlaymentSegmentationDataset"),
     "PointCloud": ("playment_torch.formats", "PointCloud"),
     "Pose": ("playment_torch.geometry", "Pose"),
+    "PredictionWriter": ("playment_torch.predictions", "PredictionWriter"),
+    "Predictions": ("playment_torch.predictions", "Predictions"),
     "PrefetchReport": ("playment_torch.dataset", "PrefetchReport"),
     "Project": ("playment_torch.models", "Project"),
     "ProjectBatch": ("playment_torch.models", "Batch"),
@@ -53,11 +58,16 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "SegmentationMetrics": ("playment_torch.metrics", "SegmentationMetrics"),
     "ServerError": ("playment_torch.errors", "ServerError"),
     "collate_points": ("playment_torch.collate", "collate_points"),
+    "evaluate": ("playment_torch.evaluation", "evaluate"),
+    "load_predictions": ("playment_torch.predictions", "load_predictions"),
     "project_points": ("playment_torch.geometry", "project_points"),
     "read_mask": ("playment_torch.formats", "read_mask"),
     "read_pcd": ("playment_torch.formats", "read_pcd"),
+    "read_prediction": ("playment_torch.predictions", "read_prediction"),
+    "render_confusion_matrix": ("playment_torch.evaluation", "render_confusion_matrix"),
     "testing": ("playment_torch.testing", None),
     "write_pcd": ("playment_torch.formats", "write_pcd"),
+    "write_playment_results": ("playment_torch.predictions", "write_playment_results"),
 }
 
 __all__ = [
@@ -71,7 +81,9 @@ __all__ = [
     "ConfigError",
     "DatasetStats",
     "DownloadError",
+    "EvaluationReport",
     "FrameError",
+    "FrameMetrics",
     "FrameRef",
     "Job",
     "JobNotCompletedError",
@@ -83,9 +95,12 @@ __all__ = [
     "PlaymentClient",
     "PlaymentError",
     "PlaymentFormatError",
+    "PlaymentResults",
     "PlaymentSegmentationDataset",
     "PointCloud",
     "Pose",
+    "PredictionWriter",
+    "Predictions",
     "PrefetchReport",
     "Project",
     "ProjectBatch",
@@ -96,11 +111,16 @@ __all__ = [
     "ServerError",
     "__version__",
     "collate_points",
+    "evaluate",
+    "load_predictions",
     "project_points",
     "read_mask",
     "read_pcd",
+    "read_prediction",
+    "render_confusion_matrix",
     "testing",
     "write_pcd",
+    "write_playment_results",
 ]
 
 
@@ -139,10 +159,19 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         RateLimitError,
         ServerError,
     )
+    from playment_torch.evaluation import EvaluationReport, FrameMetrics, evaluate, render_confusion_matrix
     from playment_torch.formats import PCDHeader, PointCloud, read_mask, read_pcd, write_pcd
     from playment_torch.geometry import Camera, Pose, project_points
     from playment_torch.labels import ClassMap
     from playment_torch.metrics import SegmentationMetrics
     from playment_torch.models import Batch as ProjectBatch
     from playment_torch.models import FrameRef, Job, JobResult, JobSummary, LabelEntry, Project
+    from playment_torch.predictions import (
+        PlaymentResults,
+        Predictions,
+        PredictionWriter,
+        load_predictions,
+        read_prediction,
+        write_playment_results,
+    )
     from playment_torch.sample import Sample
