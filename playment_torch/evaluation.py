@@ -519,7 +519,7 @@ def render_confusion_matrix(
         ImageDraw.Draw(label).text((0, 0), name, fill=(0, 0, 0), font=font)
         rotated = label.rotate(90, expand=True)  # reads bottom to top
         x = left + column * cell + (cell - rotated.width) // 2
-        image.paste(rotated, (x, bottom_labels + name_width - w))
+        image.paste(rotated, (x, bottom_labels))  # the name ends next to its column
     axis = "prediction"
     draw.text(
         (left + (grid - text_size(axis)[0]) // 2, bottom_labels + name_width + 8), axis, fill=(0, 0, 0), font=font

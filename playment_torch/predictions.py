@@ -513,7 +513,7 @@ def write_playment_results(
                 {
                     "_id": f"{job_id}:{ref.frame_id}",
                     "frame_id": ref.frame_id,
-                    "sensor_id": ref.sensor_id,
+                    "sensor_id": ref.sensor_id or "lidar",  # legacy frames: the lidar of _legacy_sensor_data
                     "label_url": _url(prefix, _quote(job_id), "masks", file_name),
                     "type": "segmentation3d",
                     "url": "",
