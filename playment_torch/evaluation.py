@@ -160,9 +160,12 @@ class EvaluationReport:
         return self.metrics.table()
 
     def __str__(self) -> str:
+        def percent(value: float) -> str:
+            return "-" if math.isnan(value) else f"{100 * value:.2f}%"
+
         return (
             f"{len(self.frames)} frames evaluated, {len(self.missing)} without a prediction: "
-            f"mIoU {100 * self.miou:.2f}%, accuracy {100 * self.accuracy:.2f}%"
+            f"mIoU {percent(self.miou)}, accuracy {percent(self.accuracy)}"
         )
 
     def frame_record(self, frame: FrameMetrics) -> dict[str, Any]:

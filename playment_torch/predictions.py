@@ -463,6 +463,10 @@ def write_playment_results(
     through ``PlaymentClient(local_roots=results.local_roots)``; give e.g. ``"s3://bucket/preds/"`` when the
     folder is to be uploaded there.
 
+    Predictions are not checked against the point clouds here (that would download every cloud):
+    :func:`~playment_torch.evaluate` checks the point counts, and a mask of the wrong length fails when the
+    result is loaded.
+
     Args:
         dataset: The dataset the predictions were made on (its jobs' results provide ``sensor_data``).
         predictions: The predictions folder, or an opened one.

@@ -103,12 +103,13 @@ def made(ds, tmp_path):
 
 
 def test_evaluate_values(ds, made, tmp_path):
+    PredictionWriter(tmp_path / "preds", classes=ds.classes).write("a job", "not in the dataset", np.zeros(3, int))
     report = evaluate(ds, tmp_path / "preds", progress=False)
     c, ignore = len(ds.classes), ds.ignore_index
     assert report.classes == ds.classes
     assert [f.index for f in report.frames] == [0, 1, 2]
     assert report.missing == ((ds.frames[3].job_id, ds.frames[3].frame_id),)
-    assert report.unmatched == 0
+    assert report.unmatched == 1
 
     total = sum(_iou(labels, predicted, c, ignore)[0] for labels, predicted in made.values())
     assert report.confusion_matrix.tolist() == total.tolist()
@@ -198,6 +199,15 @@ def test_predictions_are_matched_to_classes_by_name(ds, made, tmp_path):
     assert report.confusion_matrix.tolist() == expected.tolist()
     assert report.metrics.unpredicted.tolist() == unpredicted.tolist()
     assert report.iou[c] == 0.0
+
+
+def test_nothing_evaluated(ds, tmp_path):
+    PredictionWriter(tmp_path / "empty", classes=ds.classes)
+    report = evaluate(ds, tmp_path / "empty", progress=False)
+    assert report.frames == () and len(report.missing) == len(ds) and report.worst() == []
+    assert str(report) == f"0 frames evaluated, {len(ds)} without a prediction: mIoU -, accuracy -"
+    summary = report.summary()
+    assert summary["miou"] is None and summary["frames_missing"] == len(ds)
 
 
 def test_point_count_mismatch_names_the_frame(ds, made, tmp_path):
