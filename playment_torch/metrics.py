@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -109,6 +110,31 @@ class SegmentationMetrics:
         # One bincount over target * C + pred fills the whole matrix: no loop over points or classes.
         counts = torch.bincount(target * c + pred, minlength=c * c).reshape(c, c)
         self._confusion += counts.cpu()
+
+    def update_counts(self, confusion: Any, unpredicted: Any = None) -> None:
+        """Add counts computed elsewhere (for instance with numpy, which is faster for one frame at a time).
+
+        Args:
+            confusion: ``(C, C)`` non-negative integer counts, rows targets and columns predictions (a tensor or
+                anything numpy takes).
+            unpredicted: ``(C,)`` counts of points predicted as ``ignore_index`` by target class; only with
+                ``count_unpredicted``.
+
+        Raises:
+            PlaymentFormatError: wrong shapes, negative or non-integer counts, or unpredicted points without
+                ``count_unpredicted``.
+        """
+        c = self.num_classes
+        counts = torch.as_tensor(confusion)
+        if counts.shape != (c, c) or counts.is_floating_point() or counts.is_complex() or bool((counts < 0).any()):
+            raise PlaymentFormatError(f"confusion counts must be ({c}, {c}) non-negative integers, got {counts.shape}")
+        missed = torch.zeros(c, dtype=torch.int64) if unpredicted is None else torch.as_tensor(unpredicted)
+        if missed.shape != (c,) or missed.is_floating_point() or missed.is_complex() or bool((missed < 0).any()):
+            raise PlaymentFormatError(f"unpredicted counts must be ({c},) non-negative integers, got {missed.shape}")
+        if bool(missed.any()) and not self.count_unpredicted:
+            raise PlaymentFormatError("unpredicted points need SegmentationMetrics(..., count_unpredicted=True)")
+        self._confusion += counts.to(torch.int64).cpu()
+        self._unpredicted += missed.to(torch.int64).cpu()
 
     def merge(self, other: SegmentationMetrics) -> None:
         """Add another evaluator's counts to this one (for instance one per DataLoader worker or rank).

@@ -52,6 +52,26 @@ def test_unpredicted_points_count_as_misses():
     assert metrics.unpredicted.tolist() == [0, 0, 0] and math.isnan(metrics.accuracy())
 
 
+def test_update_counts_equals_update():
+    g = torch.Generator().manual_seed(1)
+    target, pred = torch.randint(0, 4, (500,), generator=g), torch.randint(0, 4, (500,), generator=g)
+    pred[:40] = -100
+    by_points = SegmentationMetrics(4, count_unpredicted=True)
+    by_points.update(pred, target)
+    by_counts = SegmentationMetrics(4, count_unpredicted=True)
+    kept = pred != -100
+    confusion = np.bincount((target[kept] * 4 + pred[kept]).numpy(), minlength=16).reshape(4, 4)
+    by_counts.update_counts(confusion, np.bincount(target[~kept].numpy(), minlength=4))
+    assert by_counts.confusion_matrix.tolist() == by_points.confusion_matrix.tolist()
+    assert by_counts.iou().tolist() == by_points.iou().tolist() and by_counts.accuracy() == by_points.accuracy()
+    with pytest.raises(PlaymentFormatError, match="count_unpredicted"):
+        SegmentationMetrics(4).update_counts(confusion, np.ones(4, dtype=np.int64))
+    with pytest.raises(PlaymentFormatError, match=r"\(4, 4\) non-negative integers"):
+        by_counts.update_counts(-np.ones((4, 4), dtype=np.int64))
+    with pytest.raises(PlaymentFormatError, match=r"\(4, 4\) non-negative integers"):
+        by_counts.update_counts(np.ones((3, 3), dtype=np.int64))
+
+
 # ------------------------------------------------------------------------------------------- evaluate
 
 
