@@ -25,6 +25,7 @@ import io
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,6 +438,14 @@ class ConfusionLayout:
         return left, top, left + self.cell, top + self.cell
 
 
+def _have_pillow() -> bool:
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _font(size: int) -> Any:
     from PIL import ImageFont
 
@@ -602,7 +611,12 @@ def run_evaluate_command(args: argparse.Namespace, dataset_factory: Any) -> None
         print(f"  no prediction: job {job}, frame {frame}")
     if len(report.missing) > 20:
         print(f"  ... and {len(report.missing) - 20} more (missing.csv)")
-    files = report.write(args.out, worst=args.worst, picture=not args.no_picture)
+    picture = not args.no_picture
+    if picture and not _have_pillow():
+        # The numbers are the point of the command; a missing optional extra costs only the picture.
+        print("note: confusion.png skipped: it needs Pillow (pip install playment-torch[viz])", file=sys.stderr)
+        picture = False
+    files = report.write(args.out, worst=args.worst, picture=picture)
     print("\nwrote " + ", ".join(str(p) for p in files.paths()))
     if args.playment_results:
         from playment_torch.predictions import write_playment_results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -24,6 +25,8 @@ from playment_torch.predictions import PredictionWriter
 from playment_torch.testing.synthetic import add_synthetic_project
 
 WORKTREE = Path(__file__).resolve().parents[1]
+HAVE_PILLOW = importlib.util.find_spec("PIL") is not None
+needs_pillow = pytest.mark.skipif(not HAVE_PILLOW, reason="the viz extra (Pillow) is not installed")
 
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -163,7 +166,7 @@ def test_report_files(ds, made, tmp_path):
         writer.write(ds.frames[i].job_id, ds.frames[i].frame_id, predicted)
     report = evaluate(ds, tmp_path / "with-unicorn", progress=False)
     assert report.classes == classes and math.isnan(report.iou[-1])
-    files = report.write(tmp_path / "out", worst=1)
+    files = report.write(tmp_path / "out", worst=1, picture=HAVE_PILLOW)
     rows = list(csv.DictReader(files.frames_csv.open()))
     assert [r["frame_id"] for r in rows] == [ds.frames[i].frame_id for i in range(3)]
     assert list(rows[0]) == ["job_id", "frame_id", "index", "points", "labelled_points", "accuracy", "miou"] + [
@@ -190,7 +193,7 @@ def test_report_files(ds, made, tmp_path):
     assert summary["worst"][0]["frame_id"] == ds.frames[2].frame_id
     missing = list(csv.DictReader(files.missing_csv.open()))
     assert missing == [{"job_id": ds.frames[3].job_id, "frame_id": ds.frames[3].frame_id}]
-    assert files.confusion_png.is_file()
+    assert files.confusion_png is None if not HAVE_PILLOW else files.confusion_png.is_file()
 
 
 def test_predictions_are_matched_to_classes_by_name(ds, made, tmp_path):
@@ -249,6 +252,7 @@ def test_datasets_that_move_points_are_refused(server, project, tmp_path):
 # ------------------------------------------------------------------------------------------- the picture
 
 
+@needs_pillow
 def test_confusion_picture_colours(tmp_path):
     from PIL import Image
 
@@ -319,7 +323,16 @@ def test_cli_missing_frames_exit_1_unless_allowed(server, ds, made, tmp_path, ca
 
     assert main([*_argv(server, tmp_path), "--allow-missing", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "mIoU" in out and "car" in out and str(tmp_path / "out" / "confusion.png") in out
+    assert "mIoU" in out and "car" in out and str(tmp_path / "out" / "frames.csv") in out
+    assert (str(tmp_path / "out" / "confusion.png") in out) == HAVE_PILLOW
+
+
+def test_cli_without_pillow_skips_only_the_picture(server, ds, made, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    assert main([*_argv(server, tmp_path), "--allow-missing", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "confusion.png skipped: it needs Pillow (pip install playment-torch[viz])" in captured.err
+    assert (tmp_path / "out" / "frames.csv").is_file() and not (tmp_path / "out" / "confusion.png").exists()
 
 
 def test_cli_subprocess_writes_everything(server, ds, made, tmp_path):
@@ -331,6 +344,7 @@ def test_cli_subprocess_writes_everything(server, ds, made, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "3 frames evaluated, 1 without a prediction" in done.stdout
     assert "wrote 2 Playment results (3 masks)" in done.stdout
-    for name in ("frames.jsonl", "frames.csv", "worst.csv", "summary.json", "missing.csv", "confusion.png"):
+    for name in ("frames.jsonl", "frames.csv", "worst.csv", "summary.json", "missing.csv"):
         assert (tmp_path / "out" / name).is_file(), name
+    assert (tmp_path / "out" / "confusion.png").is_file() == HAVE_PILLOW
     assert server.api_key not in done.stdout + done.stderr
