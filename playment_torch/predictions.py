@@ -77,8 +77,15 @@ def prediction_path(directory: str | os.PathLike[str], job_id: str, frame_id: st
 
     Returns:
         The path (which may not exist).
+
+    Raises:
+        ConfigError: an empty id, or a job id ``.`` or ``..`` (which would name no folder of its own).
     """
-    return Path(directory) / _quote(str(job_id)) / (_quote(str(frame_id)) + _SUFFIX)
+    job, frame = str(job_id), str(frame_id)
+    if job in ("", ".", "..") or not frame:
+        # quote() leaves dots alone: these would name the folder itself or its parent, not a job's folder.
+        raise ConfigError(f"job {job!r}, frame {frame!r}: ids '', '.' and '..' cannot name prediction files")
+    return Path(directory) / _quote(job) / (_quote(frame) + _SUFFIX)
 
 
 def default_predictions_dir(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -322,12 +329,11 @@ class Predictions:
     def keys(self) -> Iterator[tuple[str, str]]:
         """Every ``(job_id, frame_id)`` that has a prediction, in sorted file-name order."""
         with os.scandir(self.directory) as entries:
-            jobs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+            jobs = sorted(e.name for e in entries if e.is_dir())
         for job in jobs:
             with os.scandir(self.directory / job) as entries:
-                names = sorted(
-                    e.name for e in entries if e.name.endswith(_SUFFIX) and not e.name.startswith(".") and e.is_file()
-                )
+                # Temporary files end in .tmp: only finished files are listed.
+                names = sorted(e.name for e in entries if e.name.endswith(_SUFFIX) and e.is_file())
             for name in names:
                 yield urllib.parse.unquote(job), urllib.parse.unquote(name[: -len(_SUFFIX)])
 

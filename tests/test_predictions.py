@@ -42,6 +42,18 @@ def test_folder_format_is_exactly_the_documented_one(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == sorted(["classes.json", q("job/1 é"), path.name])
 
 
+def test_dotted_ids_stay_inside_the_folder(tmp_path):
+    writer = PredictionWriter(tmp_path / "run", classes=CLASSES)
+    for job, frame in [(".hidden", ".x"), ("a", ".."), ("a", ".")]:
+        path = writer.write(job, frame, np.array([1]))
+        assert path.parent.parent == tmp_path / "run"
+    assert sorted(load_predictions(tmp_path / "run").keys()) == [(".hidden", ".x"), ("a", "."), ("a", "..")]
+    for job, frame in [("..", "0"), (".", "0"), ("", "0"), ("a", "")]:
+        with pytest.raises(ConfigError, match="cannot name prediction files"):
+            writer.write(job, frame, np.array([1]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 def test_logits_tensors_and_replacing(tmp_path):
     writer = PredictionWriter(tmp_path, classes=CLASSES)
     logits = torch.tensor([[0.1, 2.0, 0.3], [5.0, 0.0, 0.0], [0.0, 0.0, 0.5]], requires_grad=True)
