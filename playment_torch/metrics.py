@@ -32,7 +32,8 @@ class SegmentationMetrics:
             positive. Without it such a prediction is an error.
 
     Raises:
-        ConfigError: ``num_classes < 1`` or ``class_names`` does not have ``num_classes`` entries.
+        ConfigError: ``num_classes < 1``, ``class_names`` does not have ``num_classes`` entries, or
+            ``count_unpredicted`` with an ``ignore_index`` that is a class index.
     """
 
     def __init__(
@@ -53,6 +54,10 @@ class SegmentationMetrics:
             tuple(class_names) if class_names is not None else tuple(f"class {i}" for i in range(num_classes))
         )
         self.count_unpredicted = bool(count_unpredicted)
+        if self.count_unpredicted and 0 <= self.ignore_index < num_classes:
+            raise ConfigError(
+                f"count_unpredicted needs an ignore_index outside [0, {num_classes}): {ignore_index} is a class"
+            )
         self._confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64)
         # Points predicted as ignore_index, by target class (only with count_unpredicted).
         self._unpredicted = torch.zeros(num_classes, dtype=torch.int64)

@@ -53,6 +53,8 @@ def test_unpredicted_points_count_as_misses():
     assert metrics.iou().tolist()[2] == 0.5 and metrics.accuracy() == pytest.approx(4 / 7)
     metrics.reset()
     assert metrics.unpredicted.tolist() == [0, 0, 0] and math.isnan(metrics.accuracy())
+    with pytest.raises(ConfigError, match="count_unpredicted needs an ignore_index outside"):
+        SegmentationMetrics(3, ignore_index=0, count_unpredicted=True)
 
 
 def test_update_counts_equals_update():
