@@ -29,7 +29,9 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "ConfigError": ("playment_torch.errors", "ConfigError"),
     "DatasetStats": ("playment_torch.dataset", "DatasetStats"),
     "DownloadError": ("playment_torch.errors", "DownloadError"),
+    "EvaluationReport": ("playment_torch.evaluation", "EvaluationReport"),
     "FrameError": ("playment_torch.errors", "FrameError"),
+    "FrameMetrics": ("playment_torch.evaluation", "FrameMetrics"),
     "FrameRef": ("playment_torch.models", "FrameRef"),
     "Job": ("playment_torch.models", "Job"),
     "JobNotCompletedError": ("playment_torch.errors", "JobNotCompletedError"),
@@ -41,9 +43,12 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "PlaymentClient": ("playment_torch.client", "PlaymentClient"),
     "PlaymentError": ("playment_torch.errors", "PlaymentError"),
     "PlaymentFormatError": ("playment_torch.errors", "PlaymentFormatError"),
+    "PlaymentResults": ("playment_torch.predictions", "PlaymentResults"),
     "PlaymentSegmentationDataset": ("playment_torch.dataset", "PlaymentSegmentationDataset"),
     "PointCloud": ("playment_torch.formats", "PointCloud"),
     "Pose": ("playment_torch.geometry", "Pose"),
+    "PredictionWriter": ("playment_torch.predictions", "PredictionWriter"),
+    "Predictions": ("playment_torch.predictions", "Predictions"),
     "PrefetchReport": ("playment_torch.dataset", "PrefetchReport"),
     "Project": ("playment_torch.models", "Project"),
     "ProjectBatch": ("playment_torch.models", "Batch"),
@@ -56,13 +61,18 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "ServerError": ("playment_torch.errors", "ServerError"),
     "collate_points": ("playment_torch.collate", "collate_points"),
     "create_jobs": ("playment_torch.relabel", "create_jobs"),
+    "evaluate": ("playment_torch.evaluation", "evaluate"),
     "export_frame": ("playment_torch.export", "export_frame"),
+    "load_predictions": ("playment_torch.predictions", "load_predictions"),
     "project_points": ("playment_torch.geometry", "project_points"),
     "read_mask": ("playment_torch.formats", "read_mask"),
     "read_pcd": ("playment_torch.formats", "read_pcd"),
+    "read_prediction": ("playment_torch.predictions", "read_prediction"),
+    "render_confusion_matrix": ("playment_torch.evaluation", "render_confusion_matrix"),
     "testing": ("playment_torch.testing", None),
     "viz": ("playment_torch.viz", None),
     "write_pcd": ("playment_torch.formats", "write_pcd"),
+    "write_playment_results": ("playment_torch.predictions", "write_playment_results"),
 }
 
 __all__ = [
@@ -76,7 +86,9 @@ __all__ = [
     "ConfigError",
     "DatasetStats",
     "DownloadError",
+    "EvaluationReport",
     "FrameError",
+    "FrameMetrics",
     "FrameRef",
     "Job",
     "JobNotCompletedError",
@@ -88,9 +100,12 @@ __all__ = [
     "PlaymentClient",
     "PlaymentError",
     "PlaymentFormatError",
+    "PlaymentResults",
     "PlaymentSegmentationDataset",
     "PointCloud",
     "Pose",
+    "PredictionWriter",
+    "Predictions",
     "PrefetchReport",
     "Project",
     "ProjectBatch",
@@ -104,13 +119,18 @@ __all__ = [
     "__version__",
     "collate_points",
     "create_jobs",
+    "evaluate",
     "export_frame",
+    "load_predictions",
     "project_points",
     "read_mask",
     "read_pcd",
+    "read_prediction",
+    "render_confusion_matrix",
     "testing",
     "viz",
     "write_pcd",
+    "write_playment_results",
 ]
 
 
@@ -149,6 +169,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         RateLimitError,
         ServerError,
     )
+    from playment_torch.evaluation import EvaluationReport, FrameMetrics, evaluate, render_confusion_matrix
     from playment_torch.export import export_frame
     from playment_torch.formats import PCDHeader, PointCloud, read_mask, read_pcd, write_pcd
     from playment_torch.geometry import Camera, Pose, project_points
@@ -156,5 +177,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from playment_torch.metrics import SegmentationMetrics
     from playment_torch.models import Batch as ProjectBatch
     from playment_torch.models import FrameRef, Job, JobResult, JobSummary, LabelEntry, Project
+    from playment_torch.predictions import (
+        PlaymentResults,
+        Predictions,
+        PredictionWriter,
+        load_predictions,
+        read_prediction,
+        write_playment_results,
+    )
     from playment_torch.relabel import RelabelOutcome, RelabelReport, create_jobs
     from playment_torch.sample import Sample

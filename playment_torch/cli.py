@@ -79,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.add_argument("--offline", action="store_true", help="use only the cache (refresh='never')")
 
+    evaluate = commands.add_parser("evaluate", parents=[common], help="score saved predictions frame by frame")
+    selection(evaluate)
+    evaluate.add_argument("--predictions", required=True, help="predictions folder (pt.PredictionWriter)")
+    evaluate.add_argument("--out", default="evaluation", help="folder for the metrics files (default ./evaluation)")
+    evaluate.add_argument("--worst", type=int, default=20, help="worst frames to list (default 20)")
+    evaluate.add_argument("--allow-missing", action="store_true", help="exit 0 even if frames lack a prediction")
+    evaluate.add_argument("--no-picture", action="store_true", help="skip confusion.png (needs the viz extra)")
+    evaluate.add_argument("--playment-results", metavar="DIR", help="also write the predictions as Playment results")
+    evaluate.add_argument("--url-prefix", help="URL the Playment results name for DIR (default its file:// URI)")
+
     verify = commands.add_parser("verify", parents=[common], help="check every cache entry's integrity")
     verify.add_argument("--cache-dir")
     verify.add_argument("--repair", action="store_true", help="drop bad entries")
@@ -327,6 +337,12 @@ def _number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from playment_torch.evaluation import run_evaluate_command
+
+    run_evaluate_command(args, lambda **options: _dataset(args, **options))
+
+
 def _existing_cache(args: argparse.Namespace) -> ArrayCache:
     """The cache to look at; one that does not exist is not created just to be looked at."""
     directory = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
@@ -425,6 +441,7 @@ _COMMANDS = {
     "demo": _demo,
     "prefetch": _prefetch,
     "inspect": _inspect,
+    "evaluate": _evaluate,
     "verify": _verify,
     "cache": _cache,
     "serve": _serve,

@@ -588,6 +588,35 @@ class FakePlaymentServer:
             data = self._job(job_id).data
         return None if data is None else json.loads(json.dumps(data))
 
+    def add_job_with_result_url(
+        self,
+        result_url: str,
+        *,
+        job_id: str | None = None,
+        batch_id: str | None = None,
+        status: str = "completed",
+        reference_id: str | None = None,
+    ) -> str:
+        """Add a job whose result lives at a URL this server does not host (e.g. a ``local_roots`` folder).
+
+        Args:
+            result_url: The result URL the job API shows (a client must be able to read it on its own).
+            job_id: The job's id; a random UUID by default.
+            batch_id: An existing batch; by default the project's default batch.
+            status: The job's status.
+            reference_id: The customer's reference.
+
+        Returns:
+            The job id.
+
+        Raises:
+            ConfigError: the job id exists already or the batch is unknown.
+        """
+        job_id = self.add_job(None, job_id=job_id, batch_id=batch_id, status=status, reference_id=reference_id)
+        with self._lock:
+            self._job(job_id).result_url = result_url
+        return job_id
+
     def set_job_status(self, job_id: str, status: str) -> None:
         """Change a job's status (a result stored earlier reappears when it becomes ``"completed"``).
 
