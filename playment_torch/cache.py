@@ -641,7 +641,7 @@ def _file_lock(path: Path, *, timeout: float | None = None, what: str = "", warn
     if not isinstance(fd, int):
         if fd is None:
             warnings.warn(
-                f"playment_torch cache: waited {timeout:g} s for the lock on {what or path}, which another "
+                f"playment_torch cache: waited {timeout:.3g} s for the lock on {what or path}, which another "
                 "thread or process holds; going on without it (the work may be done twice, the cache stays "
                 "correct)",
                 RuntimeWarning,
@@ -1056,12 +1056,25 @@ class _Store:
             return self.call("delete", delete_all, write=True)
 
     def clear(self) -> int:
-        """Delete every entry, freeing value files first when the disk is full."""
+        """Delete every entry, freeing value files first when the disk is full.
+
+        Then remove value files no entry names: a write that failed half-way (a full disk) leaves its file
+        behind, taking space no entry accounts for. A value file another process is writing at this very
+        moment goes too; its entry then reads as a miss, as if cleared a moment later.
+        """
         try:
-            return int(self.call("clear", lambda cache: cache.clear(retry=True), write=True))
+            removed = int(self.call("clear", lambda cache: cache.clear(retry=True), write=True))
         except _CacheUnwritable:
             self.free_value_files(None)
-            return int(self.call("clear", lambda cache: cache.clear(retry=True), write=True))
+            removed = int(self.call("clear", lambda cache: cache.clear(retry=True), write=True))
+        for folder in self.directory.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]"):
+            for orphan in folder.glob("*.val"):
+                with contextlib.suppress(OSError):
+                    orphan.unlink()
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+                folder.parent.rmdir()
+        return removed
 
 
 class ArrayCache:
@@ -1389,7 +1402,7 @@ class ArrayCache:
                     yield
             else:
                 warnings.warn(
-                    f"playment_torch cache: waited {timeout:g} s for the lock on cache key {key!r}, which another "
+                    f"playment_torch cache: waited {timeout:.3g} s for the lock on cache key {key!r}, which another "
                     "thread holds; going on without it (the work may be done twice, the cache stays correct)",
                     RuntimeWarning,
                     stacklevel=3,
