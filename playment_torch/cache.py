@@ -1196,6 +1196,11 @@ class ArrayCache:
         if os.getpid() != self._pid:
             self._reset_process_state()
 
+    @property
+    def _handle(self) -> _Handle | None:
+        """The array store's open handle (``None`` until first use, and in a fresh copy): for tests."""
+        return self._arrays.handle
+
     def _store(self, kind: int) -> _Store:
         self._check_fork()
         return self._meta if kind == _KIND_JSON else self._arrays

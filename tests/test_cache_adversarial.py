@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -196,7 +197,7 @@ WAITER = """
 import sys, time
 import numpy as np
 from playment_torch.cache import ArrayCache
-cache = ArrayCache(sys.argv[1], lock_timeout=None)
+cache = ArrayCache(sys.argv[1])
 print("waiting", flush=True)
 start = time.monotonic()
 value = cache.get_or_create("k", lambda: np.zeros(1))
@@ -277,11 +278,18 @@ def test_forked_child_gets_fresh_in_process_locks(tmp_path: Path) -> None:
         time.sleep(0.3)
         release.set()
         holder.join(30)
+        # Before the fix the child waited for ever: on the thread lock it inherited held, or on the file lock
+        # it inherited itself (released by close only, and the child never closes its copy).
+        ready, _, _ = select.select([read], [], [], 20)
+        assert ready, "the forked child is stuck on a lock it inherited"
         with os.fdopen(read) as pipe:
             assert pipe.read() == str(BIG.size)
-    finally:
         _, status = os.waitpid(child, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
 
 
 def test_lock_files_are_close_on_exec(tmp_path: Path) -> None:
