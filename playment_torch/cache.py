@@ -821,6 +821,7 @@ class _Store:
         self.events = events
         self.handle: _Handle | None = None
         self.lock = threading.RLock()
+        self.warned_readonly = False
 
     def reset(self) -> None:
         """Forget the handle and lock of another process (after a fork)."""
@@ -901,7 +902,9 @@ class _Store:
             cache = _ReadOnlyCache(self.directory)
         except sqlite3.Error as exc:
             raise CacheError(f"cannot open the cache in {self.directory}: {cause}; read-only: {exc}") from exc
-        logger.warning("cache %s cannot be written (%s): reading only", self.directory, cause)
+        if not self.warned_readonly:  # once per store and process: every write tries (and logs) no more
+            self.warned_readonly = True
+            logger.warning("cache %s cannot be written (%s): reading only", self.directory, cause)
         return _Handle(cache, os.getpid(), _inode(self.db_path), readonly=str(cause) or type(cause).__name__)
 
     def move_aside(self, reason: object) -> None:

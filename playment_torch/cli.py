@@ -292,12 +292,13 @@ def _cache(args: argparse.Namespace) -> None:
         if args.action == "info":
             print(f"cache {cache.directory}: {len(cache)} entries, {cache.volume() / 2**20:.1f} MiB")
             usage = cache.projects()
+            names = [item.project_id if item.project_id is not None else "(other keys)" for item in usage]
+            width = max([len("project"), *map(len, names)]) + 2
             if usage:
-                print(f"{'project':<28}{'frames':>8}{'entries':>9}{'MiB':>10}  last used (UTC)")
-            for item in usage:
-                name = item.project_id if item.project_id is not None else "(other keys)"
+                print(f"{'project':<{width}}{'frames':>7}{'entries':>9}{'MiB':>10}  last used (UTC)")
+            for name, item in zip(names, usage, strict=True):
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(item.last_used))
-                print(f"{name:<28}{item.frames:>8}{item.entries:>9}{item.bytes / 2**20:>10.1f}  {when}")
+                print(f"{name:<{width}}{item.frames:>7}{item.entries:>9}{item.bytes / 2**20:>10.1f}  {when}")
             return
         selective = args.project is not None or args.older_than is not None
         keys = cache.matching_keys(project_id=args.project, older_than=args.older_than) if selective else None
