@@ -289,37 +289,50 @@ def _cache(args: argparse.Namespace) -> None:
     """``cache info``: totals and one line per project. ``cache clear``: everything, a project, or old ones."""
     cache = _existing_cache(args)
     try:
-        if args.action == "info":
-            print(f"cache {cache.directory}: {len(cache)} entries, {cache.volume() / 2**20:.1f} MiB")
-            usage = cache.projects()
-            names = [item.project_id if item.project_id is not None else "(other keys)" for item in usage]
-            width = max([len("project"), *map(len, names)]) + 2
-            if usage:
-                print(f"{'project':<{width}}{'frames':>7}{'entries':>9}{'MiB':>10}  last used (UTC)")
-            for name, item in zip(names, usage, strict=True):
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(item.last_used))
-                print(f"{name:<{width}}{item.frames:>7}{item.entries:>9}{item.bytes / 2**20:>10.1f}  {when}")
-            return
-        selective = args.project is not None or args.older_than is not None
-        keys = cache.matching_keys(project_id=args.project, older_than=args.older_than) if selective else None
-        count = len(keys) if keys is not None else len(cache)
-        what = f"{count} entries"
-        if args.project is not None:
-            what += f" of project {args.project}"
-        if args.older_than is not None:
-            what += f" of projects unused for {args.older_than / 86400:g} days"
-        if not count:
-            print(f"cache {cache.directory}: nothing to remove ({what})")
-            return
-        # Ask only a person at a terminal; scripts and CI (stdin not a terminal) are never blocked on a prompt.
-        if not args.yes and sys.stdin.isatty():
-            answer = input(f"remove {what} from {cache.directory}? [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                raise PlaymentError("cancelled; nothing removed")
-        removed = cache.delete_many(keys) if keys is not None else cache.clear()
-        print(f"cache {cache.directory}: removed {removed} entries")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a damaged database: reported below instead
+            _cache_action(cache, args)
     finally:
         cache.close()
+        for moved in cache.moved_aside:
+            where = f"moved to {moved.destination}" if moved.destination else "deleted (it could not be moved)"
+            print(
+                f"playment-torch: warning: damaged cache database {moved.database} ({_one_line(moved.reason)}) {where}",
+                file=sys.stderr,
+            )
+
+
+def _cache_action(cache: ArrayCache, args: argparse.Namespace) -> None:
+    """Run ``cache info`` or ``cache clear`` on an open cache."""
+    if args.action == "info":
+        print(f"cache {cache.directory}: {len(cache)} entries, {cache.volume() / 2**20:.1f} MiB")
+        usage = cache.projects()
+        names = [item.project_id if item.project_id is not None else "(other keys)" for item in usage]
+        width = max([len("project"), *map(len, names)]) + 2
+        if usage:
+            print(f"{'project':<{width}}{'frames':>7}{'entries':>9}{'MiB':>10}  last used (UTC)")
+        for name, item in zip(names, usage, strict=True):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(item.last_used))
+            print(f"{name:<{width}}{item.frames:>7}{item.entries:>9}{item.bytes / 2**20:>10.1f}  {when}")
+        return
+    selective = args.project is not None or args.older_than is not None
+    keys = cache.matching_keys(project_id=args.project, older_than=args.older_than) if selective else None
+    count = len(keys) if keys is not None else len(cache)
+    what = f"{count} entries"
+    if args.project is not None:
+        what += f" of project {args.project}"
+    if args.older_than is not None:
+        what += f" of projects unused for {args.older_than / 86400:g} days"
+    if not count:
+        print(f"cache {cache.directory}: nothing to remove ({what})")
+        return
+    # Ask only a person at a terminal; scripts and CI (stdin not a terminal) are never blocked on a prompt.
+    if not args.yes and sys.stdin.isatty():
+        answer = input(f"remove {what} from {cache.directory}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise PlaymentError("cancelled; nothing removed")
+    removed = cache.delete_many(keys) if keys is not None else cache.clear()
+    print(f"cache {cache.directory}: removed {removed} entries")
 
 
 def _serve(args: argparse.Namespace) -> None:

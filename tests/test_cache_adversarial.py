@@ -174,21 +174,29 @@ def test_size_limited_cache_never_evicts_json_metadata(tmp_path: Path) -> None:
     assert cache.volume() - ArrayCache(tmp_path / "c" / "meta").volume() < cache.size_limit + entry  # type: ignore[operator]
 
 
-def test_size_limited_dataset_works_offline_after_prefetch(server, tmp_path: Path, monkeypatch) -> None:
+def test_size_limited_dataset_keeps_its_metadata_through_prefetch(server, tmp_path: Path) -> None:
+    from playment_torch import PlaymentClient
     from playment_torch.dataset import PlaymentSegmentationDataset
     from playment_torch.testing.synthetic import add_synthetic_project
 
     add_synthetic_project(server, n_jobs=4, frames_per_job=2, points_per_frame=10_000, seed=3)
-    client = __import__("playment_torch").PlaymentClient(server.api_key, base_url=server.url)
+    client = PlaymentClient(server.api_key, base_url=server.url)
     # Room for a few frames' arrays only: prefetching all 8 frames evicts arrays.
-    options = {"cache_dir": tmp_path / "c", "cache_size_limit": 1_000_000}
-    online = PlaymentSegmentationDataset(server.project_id, client=client, **options)
+    online = PlaymentSegmentationDataset(
+        server.project_id, client=client, cache_dir=tmp_path / "c", cache_size_limit=1_000_000
+    )
+    metadata = {key: value for key in list(online.cache.keys()) if (value := online.cache.get_json(key)) is not None}
+    assert {key.split("|")[0] for key in metadata} >= {"project", "job", "result"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        online.prefetch(num_threads=2, progress=False)
-    assert len(online) == 8
-    offline = PlaymentSegmentationDataset(server.project_id, refresh="never", **options)
-    assert len(offline) == 8, "the listings, jobs and results were not evicted by the arrays"
+        report = online.prefetch(num_threads=2, progress=False)
+    assert not report.failures
+    arrays_left = [key for key in list(online.cache.keys()) if key not in metadata]
+    assert len(arrays_left) < 2 * len(online), "the limit evicted arrays"
+    assert {key: online.cache.get_json(key) for key in metadata} == metadata, "no metadata was evicted"
+    # Offline, the jobs and results still come from the cache (frames may be missing: they were evicted).
+    offline_cache = ArrayCache(tmp_path / "c")
+    assert all(offline_cache.get_json(key) == value for key, value in metadata.items())
 
 
 # --- 14: locks, fork, timeouts ------------------------------------------------------------------------------------

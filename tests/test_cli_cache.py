@@ -228,3 +228,16 @@ def test_clear_does_not_ask_without_a_terminal(tmp_path: Path) -> None:
     assert completed.returncode == 0 and "[y/N]" not in completed.stdout
     assert completed.stdout.strip() == f"cache {tmp_path / 'c'}: removed 16 entries"
     assert list((tmp_path / "c").rglob("*.val")) == []
+
+
+def test_cache_info_on_a_damaged_database_says_so_in_one_line(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    filled_cache(directory)
+    damage_database(directory)
+    completed = run_cli("cache", "info", "--cache-dir", str(directory))
+    assert completed.returncode == 0, completed.stderr
+    (aside,) = tmp_path.glob("cache.corrupt-*")
+    assert completed.stdout.splitlines()[0].startswith(f"cache {directory}: 0 entries, ")
+    (line,) = completed.stderr.strip().splitlines()
+    assert line.startswith(f"playment-torch: warning: damaged cache database {directory / 'cache.db'} (")
+    assert line.endswith(f") moved to {aside}")
