@@ -263,7 +263,7 @@ def _verify(args: argparse.Namespace) -> None:
         # Never "0 bad" about a cache whose entries were just thrown away with its database.
         count = len(report.moved_aside)
         summary += f"{count} damaged database{'s' * (count > 1)} replaced by an empty one, "
-        summary += f"{report.checked} entries checked after that" + (f", {len(report.bad)} bad" if report.bad else "")
+        summary += f"{report.checked} remaining entries checked" + (f", {len(report.bad)} bad" if report.bad else "")
     else:
         summary += f"{report.checked} entries checked, {len(report.bad)} bad"
     if report.outdated:

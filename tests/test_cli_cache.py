@@ -62,7 +62,7 @@ def test_verify_reports_a_damaged_database_in_process(tmp_path: Path, capsys: py
     lines = captured.out.splitlines()
     assert lines[0].startswith(f"cache {directory}: damaged database {directory / 'cache.db'} (")
     assert lines[0].endswith(f") moved to {aside}")
-    assert lines[-1] == f"cache {directory}: 1 damaged database replaced by an empty one, 0 entries checked after that"
+    assert lines[-1] == f"cache {directory}: 1 damaged database replaced by an empty one, 0 remaining entries checked"
     assert " 0 bad" not in captured.out
     assert captured.err.strip() == (
         "playment-torch: error: the cache database was damaged: its entries will be fetched again when needed; "
@@ -86,7 +86,7 @@ def test_verify_reports_a_damaged_database_as_a_command(tmp_path: Path) -> None:
     assert completed.returncode == 1, "a damaged database is a failure, --repair or not: its entries are gone"
     (aside,) = tmp_path.glob("cache.corrupt-*")
     summary = completed.stdout.splitlines()[-1]
-    assert summary == f"cache {directory}: 1 damaged database replaced by an empty one, 0 entries checked after that"
+    assert summary == f"cache {directory}: 1 damaged database replaced by an empty one, 0 remaining entries checked"
     assert str(aside) in completed.stdout and f"rm -r {aside}" in completed.stderr
     assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr  # no warnings machinery
     assert (aside / "cache.db").is_file() and list(directory.rglob("*.val")) == []
