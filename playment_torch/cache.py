@@ -1,14 +1,19 @@
-"""Decoded arrays on disk: stable keys, integrity on every read, an optional size limit, process safety.
+"""Decoded arrays on disk: stable keys, checked integrity, an optional size limit, process safety.
 
 The cache holds what parsing produced (numpy arrays, JSON job results), never the downloaded files, so
 every epoch after the first pays a file read instead of a parse. It is a thin layer over :mod:`diskcache`
 (SQLite for the index, one file per large value) shared by every DataLoader worker and rank on a machine.
 
+Two diskcache stores share the directory: arrays in the directory itself (the only store a ``size_limit``
+applies to) and JSON values (project and batch listings, jobs, results: the metadata everything else is found
+through) in its ``meta`` subfolder, which is never evicted. Array traffic therefore cannot evict the metadata
+that ``refresh="never"`` needs; JSON is small (kilobytes per job).
+
 Each value is stored as ``bytes`` in a small frame of our own::
 
     offset  size  field
     0       4     magic b"PTAC"
-    4       1     format version (1)
+    4       1     format version (2; entries of other versions read as misses and are fetched again)
     5       1     kind: 0 = numpy array, 1 = UTF-8 JSON
     6       2     ndim
     8       4     header length (a multiple of 64, so the payload is aligned for any dtype)
@@ -16,9 +21,13 @@ Each value is stored as ``bytes`` in a small frame of our own::
     20      8     payload sum: sum of the payload's 64-bit little-endian words w[i], mod 2**64
     28      8     payload weighted sum: sum of (i mod 509 + 1) * w[i], mod 2**64
     36      4     CRC-32 of the header (bytes 0..36 and 40..header length)
-    40      8*n   shape
+    40      8     key digest: the first 8 bytes of BLAKE2b of the entry's key (UTF-8)
+    48      8*n   shape
     ...           dtype descr (``numpy.lib.format.dtype_to_descr``, as a Python literal), zero padding
     hlen    ...   payload, zero padded to a multiple of 8 bytes
+
+The key digest makes an entry name its key: a valid value file copied over another key's file (a restore gone
+wrong, a misdirected ``cp``) reads as damage, never as the other key's value.
 
 Why not CRC-32 over the payload: on the 2.2 MB array a training step reads, ``zlib.crc32`` takes ~320 us here,
 more than three times ``np.load`` of the same array (~90 us), which would make the warm path slower than not
@@ -30,23 +39,33 @@ multiple of 509 words, and 509, a prime, shares no factor with the 512-word page
 has a real CRC. Changes built to cancel in both sums are not caught: this protects against accidents, not
 tampering.
 
-The payload sums are checked on the first read of an entry's file in a process; later reads of the same file
-version (same device, inode, size and modification time, from the ``fstat`` of the open file, and written at
-least two seconds before it was checked) check the header only. Every epoch after the first then costs one
-file read, like ``np.load``. Anything that rewrites a value file changes its size or modification time (and
-diskcache writes a new file for every new value), so damage done after a check is still caught on the next
-read; only a change that keeps all four stat fields would go unnoticed until the next process, which checks
-again. ``verify()`` always checks everything.
+What each read checks, exactly: the header (magic, version, lengths, CRC, key digest, dtype and shape) always.
+The payload sums on the first read of a value file in a process, and again whenever the file's identity
+changed: device, inode, size, modification time and status-change time (``st_ctime_ns``, which ``os.utime``
+cannot set back), from the ``fstat`` of the open file. A file version is trusted without its payload check
+only if it was written at least two seconds before it was checked (file times tick coarsely), and only while
+this process remembers the check: a table of ``checked_table_bytes`` (default 4 MiB, 16 bytes per entry,
+262,144 entries; a newer entry that lands on the same slot replaces an older one, which is then simply checked
+again). Small values kept inside SQLite (under 32 KiB) are always checked in full. A change that keeps all
+five stat fields (possible only for whoever can set the system clock or write the block device) goes
+unnoticed until the next process, which checks again. :meth:`ArrayCache.verify` always checks everything.
+
+A full disk or a read-only directory: opening diskcache writes its settings, which fails there. The cache then
+reads through a read-only SQLite connection (``mode=ro``, or ``immutable=1`` when even SQLite's shared-memory
+file cannot be created) and reports writes as :class:`~playment_torch.errors.CacheError`; a warm cache keeps
+serving reads, and :meth:`ArrayCache.clear` frees the value files first so the database has room to record it.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import functools
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -54,8 +73,9 @@ import struct
 import threading
 import time
 import warnings
+import weakref
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -73,19 +93,30 @@ try:  # POSIX only; elsewhere get_or_create falls back to per-process (thread) l
 except ImportError:  # pragma: no cover - exercised on Windows only
     _fcntl = None
 
-__all__ = ["ArrayCache", "CacheStats", "VerifyReport", "cache_key", "default_cache_dir"]
+__all__ = [
+    "ArrayCache",
+    "CacheStats",
+    "MovedAside",
+    "ProjectUsage",
+    "VerifyReport",
+    "cache_key",
+    "default_cache_dir",
+    "parse_duration",
+]
+
+logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
 # --- the frame ----------------------------------------------------------------------------------------------
 
 _MAGIC = b"PTAC"
-_VERSION = 1
+_VERSION = 2
 _KIND_ARRAY = 0
 _KIND_JSON = 1
 _KIND_NAMES = {_KIND_ARRAY: "array", _KIND_JSON: "JSON"}
-# magic, version, kind, ndim, header length, payload length, the two sums, header CRC
-_PREFIX = struct.Struct("<4sBBHIQQQI")
+# magic, version, kind, ndim, header length, payload length, the two sums, header CRC, key digest
+_PREFIX = struct.Struct("<4sBBHIQQQI8s")
 _CRC_OFFSET = 36
 _HEADER_ALIGN = 64
 # Row width of the checksum's column sums: a prime near a 4 KiB page, so a word or page that moves by anything
@@ -95,9 +126,10 @@ _SUM_WIDTH = 509
 _SUM_WEIGHTS = np.arange(1, _SUM_WIDTH + 1, dtype=np.uint64)
 # Small enough for a dimension count no real array reaches, large enough to refuse a damaged header cheaply.
 _MAX_NDIM = 64
-# Entries whose payload check this process remembers (about 200 bytes each).
-_CHECKED_MAX = 1 << 20
+# Memory for remembered payload checks: 16 bytes per entry, so 262,144 entries.
+_CHECKED_TABLE_BYTES = 4 << 20
 _SETTLED_NS = 2_000_000_000
+_U64 = (1 << 64) - 1
 
 # No size limit means "never evict": diskcache's own default would silently cap the cache at 1 GiB.
 _UNBOUNDED = 1 << 62
@@ -105,10 +137,26 @@ _DB_NAME = "cache.db"
 # diskcache's default: smaller values live inside SQLite, larger ones in files.
 _FILE_THRESHOLD = 1 << 15
 _LOCKS_DIR = "locks"
+_META_DIR = "meta"
+# diskcache's value modes (diskcache.core.MODE_RAW / MODE_BINARY): bytes in the row, or a value file.
+_MODE_RAW = 1
+_MODE_BINARY = 2
+# How long get_or_create waits for another thread or process creating the same key (see ArrayCache).
+_LOCK_TIMEOUT = 300.0
+# The key under which touch_project records when a project was last opened (see ArrayCache.touch_project).
+_USED_KIND = "used"
 
 
 class _CorruptEntry(Exception):
     """Internal: an entry's bytes do not decode; the caller drops the entry and reports a miss."""
+
+
+class _OutdatedEntry(_CorruptEntry):
+    """Internal: an intact entry of an older format version: a miss, not damage."""
+
+
+def _key_digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
 def _payload_sums(words: np.ndarray) -> tuple[int, int]:
@@ -122,10 +170,10 @@ def _payload_sums(words: np.ndarray) -> tuple[int, int]:
 
 
 def _header_crc(header: memoryview) -> int:
-    return zlib.crc32(header[_PREFIX.size :], zlib.crc32(header[:_CRC_OFFSET]))
+    return zlib.crc32(header[_CRC_OFFSET + 4 :], zlib.crc32(header[:_CRC_OFFSET]))
 
 
-def _frame(kind: int, payload: bytes, shape: tuple[int, ...] = (), descr: bytes = b"") -> bytes:
+def _frame(kind: int, payload: bytes, key: str, shape: tuple[int, ...] = (), descr: bytes = b"") -> bytes:
     """Wrap ``payload`` in the header described in the module docstring."""
     length = len(payload)
     padding = b"\0" * (-length % 8)
@@ -134,18 +182,20 @@ def _frame(kind: int, payload: bytes, shape: tuple[int, ...] = (), descr: bytes 
     meta = struct.pack(f"<{len(shape)}Q", *shape) + descr
     header_len = -(-(_PREFIX.size + len(meta)) // _HEADER_ALIGN) * _HEADER_ALIGN
     header = bytearray(header_len)
-    _PREFIX.pack_into(header, 0, _MAGIC, _VERSION, kind, len(shape), header_len, length, plain, weighted, 0)
+    _PREFIX.pack_into(
+        header, 0, _MAGIC, _VERSION, kind, len(shape), header_len, length, plain, weighted, 0, _key_digest(key)
+    )
     header[_PREFIX.size : _PREFIX.size + len(meta)] = meta
     struct.pack_into("<I", header, _CRC_OFFSET, _header_crc(memoryview(header)))
     return b"".join((header, body))
 
 
-def _encode_array(array: np.ndarray) -> bytes:
+def _encode_array(array: np.ndarray, key: str) -> bytes:
     if array.dtype.hasobject:
         raise CacheError(f"cannot cache an array of dtype {array.dtype}: it holds Python objects")
     descr = repr(npformat.dtype_to_descr(array.dtype)).encode("utf-8")  # field names may be any str
     # tobytes() is C order whatever the input layout; the shape is what restores it.
-    return _frame(_KIND_ARRAY, array.tobytes(), tuple(array.shape), descr)
+    return _frame(_KIND_ARRAY, array.tobytes(), key, tuple(array.shape), descr)
 
 
 @functools.lru_cache(maxsize=256)
@@ -154,24 +204,28 @@ def _dtype_from_descr(text: bytes) -> np.dtype[Any]:
     return npformat.descr_to_dtype(ast.literal_eval(text.decode("utf-8")))
 
 
-def _unframe(buffer: np.ndarray, *, check_payload: bool = True) -> tuple[int, np.ndarray | bytes]:
+def _unframe(buffer: np.ndarray, key: str, *, check_payload: bool = True) -> tuple[int, np.ndarray | bytes]:
     """Check and decode one stored entry.
 
     Args:
         buffer: The entry's bytes as a 1-D uint8 array.
+        key: The key the entry was read under; the header must name it.
         check_payload: Verify the payload sums (the header is always checked).
 
     Returns:
         ``(kind, value)``: an array viewing ``buffer`` (zero copy) for arrays, the payload bytes for JSON.
 
     Raises:
-        _CorruptEntry: Anything does not add up: magic, version, lengths, CRC, sums, dtype, shape.
+        _OutdatedEntry: An entry written by an older version of this module.
+        _CorruptEntry: Anything does not add up: magic, lengths, CRC, key, sums, dtype, shape.
     """
     total = buffer.size
+    view = buffer.data  # a memoryview: what struct and zlib take (typed stubs do not see ndarray as a buffer)
+    if total >= 6 and bytes(view[:4]) == _MAGIC and view[4] < _VERSION:
+        raise _OutdatedEntry(f"format version {view[4]}, this version reads {_VERSION}")
     if total < _PREFIX.size:
         raise _CorruptEntry(f"{total} bytes is shorter than the {_PREFIX.size}-byte header")
-    view = buffer.data  # a memoryview: what struct and zlib take (typed stubs do not see ndarray as a buffer)
-    magic, version, kind, ndim, header_len, length, plain, weighted, crc = _PREFIX.unpack_from(view, 0)
+    magic, version, kind, ndim, header_len, length, plain, weighted, crc, digest = _PREFIX.unpack_from(view, 0)
     if magic != _MAGIC:
         raise _CorruptEntry(f"bad magic {magic!r}")
     if version != _VERSION or kind not in _KIND_NAMES:
@@ -183,6 +237,8 @@ def _unframe(buffer: np.ndarray, *, check_payload: bool = True) -> tuple[int, np
         raise _CorruptEntry(f"entry is {total} bytes, its header says {header_len + padded}")
     if _header_crc(view[:header_len]) != crc:
         raise _CorruptEntry("header checksum mismatch")
+    if digest != _key_digest(key):
+        raise _CorruptEntry("the entry was written for another key")
     words = buffer[header_len:].view("<u8")
     if check_payload and _payload_sums(words) != (plain, weighted):
         raise _CorruptEntry("payload checksum mismatch")
@@ -201,17 +257,18 @@ def _unframe(buffer: np.ndarray, *, check_payload: bool = True) -> tuple[int, np
     return kind, np.ndarray(shape, dtype=dtype, buffer=buffer, offset=header_len)
 
 
-_FileVersion = tuple[int, int, int, int]
+# device, inode, size, modification time, status-change time
+_FileVersion = tuple[int, int, int, int, int]
 
 
 def _read_all(handle: io.BufferedIOBase) -> tuple[np.ndarray, _FileVersion]:
     """Read an open value file into a fresh, aligned uint8 array (one ``readinto``, no intermediate bytes).
 
     Returns:
-        The bytes, and the file's version: device, inode, size and modification time.
+        The bytes, and the file's version: device, inode, size, modification and status-change times.
     """
     status = os.fstat(handle.fileno())
-    version = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+    version = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
     size = status.st_size
     buffer = np.empty(size, dtype=np.uint8)
     view = buffer.data
@@ -222,6 +279,42 @@ def _read_all(handle: io.BufferedIOBase) -> tuple[np.ndarray, _FileVersion]:
             return buffer[:done], version  # shrank under us: the frame check will call it truncated
         done += count
     return buffer, version
+
+
+class _CheckedTable:
+    """Which value-file versions this process has checked in full: a direct-mapped table of 16-byte slots.
+
+    A slot holds a key's 64-bit digest and a 64-bit hash of the file version checked. Looking up needs both to
+    match, so a collision of slots only ever costs a check again (the newer entry replaces the older), never a
+    skipped one. The memory is two numpy arrays allocated once, zero-filled by the OS on first touch: exactly
+    ``budget_bytes``, whatever the keys look like (a dict of string keys cost ~480 bytes per entry).
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.slots = budget_bytes // 16
+        self._keys = np.zeros(self.slots, dtype=np.uint64)
+        self._versions = np.zeros(self.slots, dtype=np.uint64)
+
+    @staticmethod
+    def _hash(version: _FileVersion) -> int:
+        # Tuple hashes of ints are not randomised per process; 0 marks an empty slot, so avoid it.
+        return (hash(version) & _U64) or 1
+
+    def seen(self, digest: int, version: _FileVersion) -> bool:
+        if not self.slots:
+            return False
+        slot = digest % self.slots
+        return int(self._keys[slot]) == digest and int(self._versions[slot]) == self._hash(version)
+
+    def remember(self, digest: int, version: _FileVersion) -> None:
+        if self.slots:
+            slot = digest % self.slots
+            self._keys[slot] = digest
+            self._versions[slot] = self._hash(version)
+
+    def forget(self, digest: int) -> None:
+        if self.slots and int(self._keys[digest % self.slots]) == digest:
+            self._keys[digest % self.slots] = 0
 
 
 # --- keys and location --------------------------------------------------------------------------------------
@@ -292,7 +385,7 @@ class CacheStats:
 
     Attributes:
         hits: ``get_*`` calls that returned a value.
-        misses: ``get_*`` calls that returned ``None`` (corrupt entries included).
+        misses: ``get_*`` calls that returned ``None`` (corrupt and outdated entries included).
         corrupt: Entries found damaged on read and deleted.
         bytes_read: Entry bytes read for hits.
         bytes_written: Entry bytes written by ``put_*``.
@@ -309,6 +402,22 @@ class CacheStats:
         self.hits = self.misses = self.corrupt = self.bytes_read = self.bytes_written = 0
 
 
+@dataclass(frozen=True)
+class MovedAside:
+    """A damaged cache database that was replaced by an empty one.
+
+    Attributes:
+        database: The damaged ``cache.db``.
+        reason: What was wrong with it.
+        destination: The folder its contents were moved to (``<cache dir>.corrupt-<timestamp>``, with a
+            ``meta`` subfolder for the metadata store); ``None`` when they could not be moved and were deleted.
+    """
+
+    database: Path
+    reason: str
+    destination: Path | None
+
+
 @dataclass
 class VerifyReport:
     """Outcome of :meth:`ArrayCache.verify`.
@@ -316,12 +425,74 @@ class VerifyReport:
     Attributes:
         checked: Entries read and checked.
         bad: Keys whose entries are damaged (or whose value file is missing).
-        repaired: Bad entries deleted (only with ``repair=True``).
+        repaired: Bad and outdated entries deleted (only with ``repair=True``).
+        outdated: Intact entries of an older format version (read as misses; fetched again when needed).
+        moved_aside: Databases found damaged during this verification (their entries are gone from the cache).
     """
 
     checked: int = 0
     bad: list[str] = field(default_factory=list)
     repaired: int = 0
+    outdated: int = 0
+    moved_aside: list[MovedAside] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProjectUsage:
+    """What one project occupies in the cache (see :meth:`ArrayCache.projects`).
+
+    Attributes:
+        project_id: The project; ``None`` for keys not made by :func:`cache_key`.
+        entries: Cached entries (arrays and JSON).
+        frames: Distinct (job, frame) pairs with at least one cached entry.
+        bytes: Bytes of the entries' values (database pages shared by all projects not counted).
+        last_used: When a dataset last opened the project (:meth:`ArrayCache.touch_project`) or an entry of
+            it was last written, whichever is later, in seconds since the epoch.
+    """
+
+    project_id: str | None
+    entries: int
+    frames: int
+    bytes: int
+    last_used: float
+
+
+def parse_duration(text: str) -> float:
+    """Parse a duration such as ``"90s"``, ``"30m"``, ``"12h"``, ``"7d"`` or ``"2w"``.
+
+    Args:
+        text: A non-negative number followed by one unit letter (``s``, ``m``, ``h``, ``d``, ``w``).
+
+    Returns:
+        The duration in seconds.
+
+    Raises:
+        ConfigError: ``text`` is not such a duration.
+    """
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    value = text.strip().lower()
+    try:
+        number = float(value[:-1])
+    except ValueError:
+        number = -1.0
+    if not value or value[-1] not in units or not number >= 0 or number == float("inf"):
+        raise ConfigError(f"not a duration: {text!r} (use a number and a unit: 90s, 30m, 12h, 7d, 2w)")
+    return number * units[value[-1]]
+
+
+def _unescape(part: str) -> str:
+    return part.replace("%7C", "|").replace("%25", "%")
+
+
+def _key_parts(key: str) -> list[str] | None:
+    """Split a :func:`cache_key` key into its unescaped parts; ``None`` for keys of another shape."""
+    parts = key.split("|")
+    if len(parts) != 6 or not parts[0] or not parts[1]:
+        return None
+    return [_unescape(part) for part in parts]
+
+
+# --- database state -----------------------------------------------------------------------------------------
 
 
 def _is_damaged_database(exc: sqlite3.DatabaseError) -> bool:
@@ -332,6 +503,26 @@ def _is_damaged_database(exc: sqlite3.DatabaseError) -> bool:
     text = str(exc).lower()
     # "no such table": the file was truncated to nothing under an open handle, so the schema vanished.
     return "malformed" in text or "not a database" in text or "no such table" in text
+
+
+_UNWRITABLE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _is_unwritable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full or the directory cannot be written (rather than damage)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _UNWRITABLE_ERRNOS
+    if isinstance(exc, sqlite3.DatabaseError):
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        if name.startswith(("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_IOERR")):
+            return True
+        text = str(exc).lower()
+        return any(words in text for words in ("disk is full", "disk i/o error", "readonly database", "unable to open"))
+    return False
+
+
+class _CacheUnwritable(CacheError):
+    """Internal: a write failed because the disk is full or the directory is read-only."""
 
 
 def _emptied_database(directory: Path) -> bool:
@@ -356,89 +547,622 @@ def _inode(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (no-op where flock is unavailable).
+# --- locks ----------------------------------------------------------------------------------------------------
 
-    The file is unlinked on release so lock files do not pile up, one per key ever created. That is safe
-    because whoever wins the lock checks that the file it locked is still the one at ``path``; a waiter that
-    locked an unlinked file retries on the new one.
-    """
-    if _fcntl is None:
-        yield
-        return
+# Lock files this process holds: closed in a forked child, which must not keep duplicates of them open.
+_HELD_LOCK_FDS: set[int] = set()
+# Whether this process has warned that cross-process locking degraded to threads only (a one-element list, so
+# the flag can change without a global statement).
+_DEGRADED_WARNED = [False]
+
+
+def _warn_degraded(reason: str) -> None:
+    if not _DEGRADED_WARNED[0]:
+        _DEGRADED_WARNED[0] = True
+        warnings.warn(
+            f"playment_torch cache: {reason}; locking between processes is off, so processes sharing this cache "
+            "may download the same file at the same time (the cache stays correct)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _acquire(fd: int, deadline: float | None) -> bool:
+    """``flock`` ``fd`` exclusively, waiting until ``deadline`` (``time.monotonic()``; ``None``: forever)."""
+    assert _fcntl is not None
+    if deadline is None:
+        _fcntl.flock(fd, _fcntl.LOCK_EX)
+        return True
+    pause = 0.001
+    while True:
+        try:
+            _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.05)
+
+
+def _lock_fd(path: Path, deadline: float | None) -> int | str | None:
+    """Open and lock ``path``: the locked descriptor, ``None`` on timeout, or why locking is unavailable."""
+    assert _fcntl is not None
     while True:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            yield  # unwritable lock directory: degrade to thread-only locking rather than fail reads
-            return
+            # O_CLOEXEC: a subprocess started while the lock is held must not inherit (and so keep) it.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            return f"cannot create lock files in {path.parent} ({exc.strerror or exc})"
         try:
-            _fcntl.flock(fd, _fcntl.LOCK_EX)
-        except OSError:  # a filesystem without flock support
+            acquired = _acquire(fd, deadline)
+        except OSError as exc:
             os.close(fd)
-            yield
-            return
+            return f"the file system of {path.parent} does not support flock ({exc.strerror or exc})"
+        if not acquired:
+            os.close(fd)
+            return None
         st = os.fstat(fd)
         if _inode(path) == (st.st_dev, st.st_ino):
-            break
+            return fd
+        # We locked a file its last holder unlinked on release: lock the new one instead.
+        _fcntl.flock(fd, _fcntl.LOCK_UN)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, *, timeout: float | None = None, what: str = "", warn: bool = False) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` across processes.
+
+    The file is unlinked on release so lock files do not pile up, one per key ever created. That is safe
+    because whoever wins the lock checks that the file it locked is still the one at ``path``; a waiter that
+    locked an unlinked file retries on the new one. Release is an explicit ``LOCK_UN``: a process forked while
+    the lock is held shares the open file, and a plain ``close`` would leave the lock with that child for its
+    whole life.
+
+    Args:
+        path: The lock file.
+        timeout: Seconds to wait; ``None`` waits for ever. On timeout the body runs without the lock.
+        what: Names the lock in the timeout warning.
+        warn: Warn (once per process) when locking is unavailable and degrades to nothing.
+
+    Yields:
+        Whether the lock is held (``False``: no fcntl, no lock file possible, no flock support, or timeout).
+    """
+    if _fcntl is None:
+        if warn:
+            _warn_degraded("fcntl is not available on this platform")
+        yield False
+        return
+    deadline = None if timeout is None else time.monotonic() + timeout
+    fd = _lock_fd(path, deadline)
+    if not isinstance(fd, int):
+        if fd is None:
+            warnings.warn(
+                f"playment_torch cache: waited {timeout:.3g} s for the lock on {what or path}, which another "
+                "thread or process holds; going on without it (the work may be done twice, the cache stays "
+                "correct)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        elif warn:
+            _warn_degraded(fd)
+        yield False
+        return
+    _HELD_LOCK_FDS.add(fd)
     try:
-        yield
+        yield True
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
+        with contextlib.suppress(OSError):
+            _fcntl.flock(fd, _fcntl.LOCK_UN)
+        _HELD_LOCK_FDS.discard(fd)
         os.close(fd)
+
+
+# Every live cache, so a forked child can reset their in-process locks (see _after_fork_in_child).
+_LIVE_CACHES: weakref.WeakSet[ArrayCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held a key lock or the open lock at the moment of the fork; that thread
+    # does not exist here, so its locks would stay held for ever. Start every cache over with fresh ones.
+    for fd in list(_HELD_LOCK_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)  # our duplicate only: the parent still holds (and will release) the lock itself
+    _HELD_LOCK_FDS.clear()
+    for cache in list(_LIVE_CACHES):
+        cache._reset_process_state()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+# --- the stores -----------------------------------------------------------------------------------------------
+
+
+class _Foreign:
+    """A diskcache value of a mode this module never writes (read as damage)."""
+
+    def __init__(self, mode: int) -> None:
+        self.mode = mode
+
+
+class _ReadOnlyCache:
+    """diskcache's table read without writing a byte, for a full disk or a read-only directory.
+
+    Offers the few ``diskcache.Cache`` methods the cache uses; writes raise ``OSError(EROFS)`` and ``delete``
+    deletes nothing. Reads diskcache's schema directly (table ``Cache``: ``key``, ``raw``, ``mode``,
+    ``filename``, ``value``, ``size``, ``store_time``), the format of every diskcache 5 release.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        db = directory / _DB_NAME
+        try:
+            exists = db.stat().st_size > 0
+        except OSError:
+            exists = False
+        if not exists:
+            return  # no database yet: an empty cache
+        uri = db.absolute().as_uri()
+        failure: sqlite3.Error | None = None
+        # mode=ro sees what live writers committed but needs SQLite's shared-memory file; immutable=1 needs
+        # nothing, at the price of not seeing commits still in another process's write-ahead log.
+        for option in ("mode=ro", "immutable=1"):
+            connection = sqlite3.connect(f"{uri}?{option}", uri=True, check_same_thread=False, timeout=60)
+            try:
+                connection.execute("SELECT count(*) FROM Cache").fetchone()
+            except sqlite3.Error as exc:
+                connection.close()
+                failure = exc
+                continue
+            self._connection = connection
+            return
+        assert failure is not None
+        raise failure
+
+    def _rows(self, query: str, parameters: tuple[Any, ...] = ()) -> list[Any]:
+        if self._connection is None:
+            return []
+        with self._lock:
+            return self._connection.execute(query, parameters).fetchall()
+
+    def get(self, key: str, default: Any = None, read: bool = False, retry: bool = False) -> Any:
+        rows = self._rows("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (key,))
+        if not rows:
+            return default
+        mode, filename, value = rows[0]
+        if mode == _MODE_RAW:
+            return bytes(value)
+        if mode == _MODE_BINARY and filename:
+            try:
+                return open(self.directory / filename, "rb")
+            except FileNotFoundError:
+                return default  # as diskcache does: a row whose file vanished reads as missing
+        return _Foreign(mode)
+
+    def __contains__(self, key: object) -> bool:
+        return bool(self._rows("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (key,)))
+
+    def __len__(self) -> int:
+        rows = self._rows("SELECT count(*) FROM Cache")
+        return int(rows[0][0]) if rows else 0
+
+    def iterkeys(self) -> Iterator[str]:
+        return iter([key for (key,) in self._rows("SELECT key FROM Cache WHERE raw = 1 ORDER BY key")])
+
+    def volume(self) -> int:
+        if self._connection is None:
+            return 0
+        ((pages,),) = self._rows("PRAGMA page_count")
+        ((page_size,),) = self._rows("PRAGMA page_size")
+        ((values,),) = self._rows("SELECT COALESCE(SUM(size), 0) FROM Cache")
+        return int(pages * page_size + values)
+
+    def entries(self) -> list[tuple[str, int, float, str | None]]:
+        """``(key, bytes, store time, value file)`` of every entry."""
+        return self._rows(
+            "SELECT key, CASE WHEN mode = 1 THEN length(value) ELSE size END, store_time, filename"
+            " FROM Cache WHERE raw = 1"
+        )
+
+    def delete(self, key: str, retry: bool = False) -> bool:
+        return False
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EROFS, "the cache is open read-only")
+
+    set = clear = cull = _refuse
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 @dataclass(frozen=True)
 class _Handle:
-    """An open diskcache, the process that opened it and the identity of the cache.db it opened."""
+    """An open store, the process that opened it and the identity of the cache.db it opened."""
 
-    cache: diskcache.Cache
+    cache: Any  # diskcache.Cache, or _ReadOnlyCache when the disk is full or the directory read-only
     pid: int
     db: tuple[int, int] | None
+    readonly: str = ""  # why the store is read-only, "" when it is writable
 
 
 _MISSING = object()
 _MISSING_FILE_ATTEMPTS = 4
 
 
+class _Store:
+    """One diskcache database: opened lazily in each process, replaced when damaged, read-only when it must be.
+
+    Args:
+        top: The cache directory.
+        sub: The store's subfolder of ``top`` ("" for ``top`` itself).
+        settings: diskcache settings.
+        size_limit: Evict down to this on opening (``None``: unbounded).
+        events: Where to record databases moved aside.
+    """
+
+    def __init__(
+        self, top: Path, sub: str, settings: dict[str, Any], size_limit: int | None, events: list[MovedAside]
+    ) -> None:
+        self.top = top
+        self.sub = sub
+        self.directory = top / sub if sub else top
+        self.settings = settings
+        self.size_limit = size_limit
+        self.events = events
+        self.handle: _Handle | None = None
+        self.lock = threading.RLock()
+        self.warned_readonly = False
+
+    def reset(self) -> None:
+        """Forget the handle and lock of another process (after a fork)."""
+        self.handle = None
+        self.lock = threading.RLock()
+
+    @property
+    def db_path(self) -> Path:
+        return self.directory / _DB_NAME
+
+    @property
+    def rebuild_lock_path(self) -> Path:
+        return self.top / _LOCKS_DIR / (f"{self.sub}-rebuild.lock" if self.sub else "rebuild.lock")
+
+    def current(self) -> _Handle:
+        handle = self.handle
+        if handle is not None and handle.pid == os.getpid():
+            return handle
+        with self.lock:
+            if self.handle is None or self.handle.pid != os.getpid():
+                self.handle = self._open()
+            return self.handle
+
+    def drop(self, handle: _Handle) -> None:
+        """Close ``handle`` if it is still the current one, so the next use reopens."""
+        with self.lock:
+            if self.handle is handle:
+                with contextlib.suppress(Exception):
+                    handle.cache.close()
+                self.handle = None
+
+    def close(self) -> None:
+        with self.lock:
+            handle, self.handle = self.handle, None
+        if handle is not None and handle.pid == os.getpid():
+            handle.cache.close()
+
+    def _open(self) -> _Handle:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if _is_unwritable(exc):
+                return self._open_readonly(exc)
+            raise CacheError(f"cannot create the cache directory {self.directory}: {exc}") from exc
+        # Opening (which may create the database) and moving a damaged one aside exclude each other across
+        # processes, so nobody moves aside a database another process is creating at that moment.
+        with _file_lock(self.rebuild_lock_path):
+            if _emptied_database(self.directory):
+                self.move_aside("it is empty while value files remain")
+            for attempt in range(2):
+                try:
+                    cache = diskcache.Cache(str(self.directory), timeout=60, **self.settings)
+                except sqlite3.DatabaseError as exc:
+                    if not attempt and _is_damaged_database(exc):
+                        self.move_aside(exc)
+                        continue
+                    if _is_unwritable(exc):
+                        return self._open_readonly(exc)
+                    raise CacheError(f"cannot open the cache database in {self.directory}: {exc}") from exc
+                except (OSError, diskcache.Timeout) as exc:
+                    if _is_unwritable(exc):
+                        return self._open_readonly(exc)
+                    raise CacheError(f"cannot open the cache in {self.directory}: {exc}") from exc
+                break
+        handle = _Handle(cache, os.getpid(), _inode(self.db_path))
+        if self.size_limit is not None:
+            # Reopened with a smaller limit than the cache already uses: evict down to it now. diskcache culls
+            # ten least recently used entries at a time, a fine enough step for limits of many entries.
+            with contextlib.suppress(sqlite3.DatabaseError, diskcache.Timeout, OSError):
+                if cache.volume() > self.size_limit:
+                    cache.cull(retry=True)
+        return handle
+
+    def _open_readonly(self, cause: BaseException) -> _Handle:
+        # Opening diskcache writes its settings, which a full disk or a read-only directory refuses; reading
+        # needs no write, so a warm cache keeps serving.
+        try:
+            cache = _ReadOnlyCache(self.directory)
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot open the cache in {self.directory}: {cause}; read-only: {exc}") from exc
+        if not self.warned_readonly:  # once per store and process: every write tries (and logs) no more
+            self.warned_readonly = True
+            logger.warning("cache %s cannot be written (%s): reading only", self.directory, cause)
+        return _Handle(cache, os.getpid(), _inode(self.db_path), readonly=str(cause) or type(cause).__name__)
+
+    def move_aside(self, reason: object) -> None:
+        """Move the damaged store's contents to ``<cache dir>.corrupt-<timestamp>[/sub]`` and warn once.
+
+        Called with the rebuild lock held. Falls back to deleting what cannot be moved.
+        """
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        suffix = 0
+        while True:
+            root = self.top.with_name(f"{self.top.name}.corrupt-{stamp}" + (f"-{suffix}" if suffix else ""))
+            aside = root / self.sub if self.sub else root
+            if not aside.exists():
+                break
+            suffix += 1
+        moved = True
+        try:
+            aside.mkdir(parents=True)
+        except OSError:
+            moved = False
+        skip = {_LOCKS_DIR} if self.sub else {_LOCKS_DIR, _META_DIR}
+        for child in list(self.directory.iterdir()):
+            if child.name in skip:
+                # Lock files carry no data, and other processes may be holding them right now; the metadata
+                # store has a database of its own, which is not the damaged one.
+                continue
+            try:
+                if not moved:
+                    raise OSError("no place to move to")
+                os.replace(child, aside / child.name)
+            except OSError:
+                moved = False
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        child.unlink()
+        self.events.append(MovedAside(self.db_path, str(reason), aside if moved else None))
+        where = f"moved its contents to {aside}" if moved else "deleted its contents"
+        warnings.warn(
+            f"playment_torch cache database {self.db_path} is damaged ({reason}); {where} and started an empty cache",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    def call(self, what: str, operation: Callable[[Any], _T], *, check_stale: bool = True, write: bool = False) -> _T:
+        """Run one diskcache operation, rebuilding a damaged database once and wrapping every failure.
+
+        Args:
+            what: Names the operation in error messages.
+            operation: Receives the open ``diskcache.Cache`` (or its read-only stand-in).
+            check_stale: First make sure the open database is still the one at ``directory/cache.db``
+                (another process may have moved a damaged cache aside, or someone deleted the directory);
+                reopen if not. A ``stat``: cheap, but skipped on the hit path, where a stale handle costs
+                nothing worse than a miss (and misses check).
+            write: The operation writes. A read-only store first tries to reopen writable (the disk may have
+                room again); a read that fails because the disk is full switches to read-only and retries.
+
+        Returns:
+            Whatever ``operation`` returns.
+
+        Raises:
+            CacheError: The cache is unusable (unwritable, locked for too long, damaged twice in a row).
+        """
+        for attempt in range(3):
+            handle = self.current()
+            if check_stale and _inode(self.db_path) != handle.db:
+                self.drop(handle)
+                handle = self.current()
+            if write and handle.readonly:
+                self.drop(handle)
+                handle = self.current()
+                if handle.readonly:
+                    raise _CacheUnwritable(
+                        f"cache {self.directory}: {what} failed: the cache cannot be written ({handle.readonly})"
+                    )
+            try:
+                return operation(handle.cache)
+            except sqlite3.DatabaseError as exc:
+                if not attempt and _is_damaged_database(exc):
+                    with self.lock:
+                        if self.handle is handle:  # not already rebuilt by another thread
+                            with _file_lock(self.rebuild_lock_path):
+                                # Another process that saw the damage first has already put a new database
+                                # in place: use it rather than moving it aside too.
+                                if _inode(self.db_path) == handle.db:
+                                    self.move_aside(exc)
+                            self.drop(handle)
+                    continue
+                failure: BaseException = exc
+            except (OSError, diskcache.Timeout) as exc:
+                failure = exc
+            if _is_unwritable(failure):
+                if not write and not handle.readonly and attempt < 2:
+                    # A bounded cache records access times on reads; a full disk refuses that. Read only.
+                    with self.lock:
+                        if self.handle is handle:
+                            with contextlib.suppress(Exception):
+                                handle.cache.close()
+                            self.handle = self._open_readonly(failure)
+                    continue
+                raise _CacheUnwritable(f"cache {self.directory}: {what} failed: {failure}") from failure
+            raise CacheError(f"cache {self.directory}: {what} failed: {failure}") from failure
+        raise CacheError(f"cache {self.directory}: {what} failed repeatedly")
+
+    def entries(self) -> list[tuple[str, int, float, str | None]]:
+        """``(key, bytes, store time, value file)`` of every entry, read without writing."""
+        try:
+            reader = _ReadOnlyCache(self.directory)
+        except sqlite3.Error:
+            self.call("open", len)  # a damaged database: let the usual recovery move it aside
+            reader = _ReadOnlyCache(self.directory)
+        try:
+            return reader.entries()
+        except sqlite3.Error as exc:
+            raise CacheError(f"cache {self.directory}: listing entries failed: {exc}") from exc
+        finally:
+            reader.close()
+
+    def free_value_files(self, keys: set[str] | None) -> int:
+        """Unlink the value files of ``keys`` (all when ``None``) so a full disk has room to delete their rows.
+
+        The rows are deleted right after; a reader that finds a row without its file meanwhile reads a miss.
+
+        Returns:
+            The number of files unlinked.
+        """
+        unlinked = 0
+        for key, _size, _stored, filename in self.entries():
+            if filename and (keys is None or key in keys):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.directory / filename)
+                    unlinked += 1
+        return unlinked
+
+    def delete_many(self, keys: list[str]) -> int:
+        """Delete ``keys``, in transactions of 1000, freeing value files first when the disk is full."""
+
+        def delete_all(cache: Any) -> int:
+            deleted = 0
+            for start in range(0, len(keys), 1000):
+                with cache.transact(retry=True):
+                    deleted += sum(bool(cache.delete(key, retry=True)) for key in keys[start : start + 1000])
+            return deleted
+
+        if not keys:
+            return 0
+        try:
+            return self.call("delete", delete_all, write=True)
+        except _CacheUnwritable:
+            self.free_value_files(set(keys))
+            return self.call("delete", delete_all, write=True)
+
+    def clear(self) -> int:
+        """Delete every entry, freeing value files first when the disk is full.
+
+        Then remove value files no entry names: a write that failed half-way (a full disk) leaves its file
+        behind, taking space no entry accounts for. A value file another process is writing at this very
+        moment goes too; its entry then reads as a miss, as if cleared a moment later.
+        """
+        try:
+            removed = int(self.call("clear", lambda cache: cache.clear(retry=True), write=True))
+        except _CacheUnwritable:
+            self.free_value_files(None)
+            removed = int(self.call("clear", lambda cache: cache.clear(retry=True), write=True))
+        for folder in self.directory.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]"):
+            for orphan in folder.glob("*.val"):
+                with contextlib.suppress(OSError):
+                    orphan.unlink()
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+                folder.parent.rmdir()
+        return removed
+
+
 class ArrayCache:
     """A process-safe disk cache of numpy arrays and JSON values.
 
-    Every read checks the entry's checksum; a damaged entry is deleted and reported as missing so the caller
-    fetches it again. A damaged cache database is moved aside (with one warning) and replaced by an empty one.
-    The handle pickles to its directory and size limit and opens lazily in each process.
+    Every read checks the entry's header and the key it was written for; the payload checksum is checked on
+    the first read of each value file version in a process (see the module docstring for exactly when a
+    read trusts a file it checked before). A damaged entry is deleted and reported as missing so the caller
+    fetches it again. A damaged cache database is moved aside to ``<directory>.corrupt-<timestamp>`` (with
+    one warning, and recorded in :attr:`moved_aside`) and replaced by an empty one. On a full disk or a
+    read-only directory the cache reads without writing. The handle pickles to its options and opens lazily
+    in each process.
 
     Args:
         directory: Where the cache lives; ``None`` means :func:`default_cache_dir`.
-        size_limit: Bytes on disk before least-recently-used entries are evicted; ``None`` means unbounded.
-            The limit is soft: a write that finds the cache over it evicts the two least recently used
-            entries. Bounded caches pay for the bookkeeping: every read also records its access time.
+        size_limit: Bytes the array store may occupy on disk before least-recently-used arrays are evicted;
+            ``None`` means unbounded. JSON values (job metadata) are kept apart and never evicted. The limit
+            is soft: a write that finds the store over it evicts the two least recently used entries.
+            Bounded caches pay for the bookkeeping: every read also records its access time.
+        lock_timeout: Seconds :meth:`get_or_create` waits for another thread or process creating the same
+            key; ``None`` waits for ever. On timeout it warns and creates the value itself (the lock only
+            saves duplicate work: writes are atomic, so the cache stays correct).
+        checked_table_bytes: Memory for remembering which value files this process checked in full
+            (16 bytes per file; 0 checks every read in full).
 
     Attributes:
         directory: The cache directory (created on first use).
         size_limit: As given.
+        lock_timeout: As given.
         stats: A :class:`CacheStats` for this process.
+        moved_aside: Damaged databases this handle replaced, in this process.
 
     Raises:
-        ConfigError: ``size_limit`` is not positive.
+        ConfigError: ``size_limit`` is not positive, or another option is negative.
     """
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None, *, size_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        size_limit: int | None = None,
+        lock_timeout: float | None = _LOCK_TIMEOUT,
+        checked_table_bytes: int = _CHECKED_TABLE_BYTES,
+    ) -> None:
         if size_limit is not None and size_limit <= 0:
             raise ConfigError(f"size_limit must be a positive number of bytes or None, not {size_limit!r}")
+        if lock_timeout is not None and not lock_timeout >= 0:
+            raise ConfigError(f"lock_timeout must be a number of seconds >= 0 or None, not {lock_timeout!r}")
+        if checked_table_bytes < 0:
+            raise ConfigError(f"checked_table_bytes must be >= 0, not {checked_table_bytes!r}")
         self.directory = Path(directory).expanduser() if directory is not None else default_cache_dir()
         self.size_limit = size_limit
-        self._stats = CacheStats()
-        self._handle: _Handle | None = None
+        self.lock_timeout = lock_timeout
+        self.checked_table_bytes = checked_table_bytes
+        self.moved_aside: list[MovedAside] = []
+        if size_limit is None:
+            # No eviction, so no access-time bookkeeping: reads stay a single SELECT instead of a write
+            # transaction, which also keeps concurrent readers from queueing on SQLite's write lock.
+            settings: dict[str, Any] = {"eviction_policy": "none", "size_limit": _UNBOUNDED}
+        else:
+            # cull_limit=2: a write that finds the cache over its limit evicts the two least recently used
+            # entries. One would leave a cache that is over its limit (entries of varying size, a limit
+            # lowered on reopening) over it for good; diskcache's default of 10 empties a small cache at once.
+            settings = {"eviction_policy": "least-recently-used", "size_limit": size_limit, "cull_limit": 2}
+        self._arrays = _Store(self.directory, "", settings, size_limit, self.moved_aside)
+        self._meta = _Store(
+            self.directory, _META_DIR, {"eviction_policy": "none", "size_limit": _UNBOUNDED}, None, self.moved_aside
+        )
         self._pid = os.getpid()
-        self._lock = threading.RLock()  # guards opening, recovery and the per-key lock table
+        self._reset_process_state()
+        _LIVE_CACHES.add(self)
+
+    def _reset_process_state(self) -> None:
+        """Fresh handles, locks, counters and check table: at creation and in a forked child."""
+        self._pid = os.getpid()
+        self._arrays.reset()
+        self._meta.reset()
+        self._lock = threading.RLock()  # guards the per-key lock table
         self._stats_lock = threading.Lock()
         self._key_locks: dict[str, list[Any]] = {}  # key -> [lock, number of holders and waiters]
-        self._checked: dict[str, _FileVersion] = {}  # key -> the value file version whose payload was checked
+        # A forked child keeps the parent's table: it is keyed by file identity (device, inode, size, times),
+        # which a fork does not change, so a fresh DataLoader worker does not check every file again.
+        existing = getattr(self, "_checked", None)
+        self._checked = existing if existing is not None else _CheckedTable(self.checked_table_bytes)
+        self._stats = CacheStats()
 
     @property
     def stats(self) -> CacheStats:
@@ -451,10 +1175,20 @@ class ArrayCache:
 
     def __getstate__(self) -> dict[str, Any]:
         # Only what is needed to reopen: no SQLite connection, lock or file handle crosses a process boundary.
-        return {"directory": str(self.directory), "size_limit": self.size_limit}
+        return {
+            "directory": str(self.directory),
+            "size_limit": self.size_limit,
+            "lock_timeout": self.lock_timeout,
+            "checked_table_bytes": self.checked_table_bytes,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["directory"], size_limit=state["size_limit"])  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            state["directory"],
+            size_limit=state["size_limit"],
+            lock_timeout=state.get("lock_timeout", _LOCK_TIMEOUT),
+            checked_table_bytes=state.get("checked_table_bytes", _CHECKED_TABLE_BYTES),
+        )
 
     def __enter__(self) -> ArrayCache:
         return self
@@ -462,166 +1196,24 @@ class ArrayCache:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # --- the one door to diskcache ----------------------------------------------------------------------
-
     def _check_fork(self) -> None:
-        pid = os.getpid()
-        if pid != self._pid:
-            # A forked child inherits the parent's SQLite connection and possibly locks held by parent threads
-            # that do not exist here: start over with fresh ones.
-            self._pid = pid
-            self._handle = None
-            self._lock = threading.RLock()
-            self._stats_lock = threading.Lock()
-            self._key_locks = {}
-            self._checked = {}
-            self._stats = CacheStats()
-
-    def _current(self) -> _Handle:
-        handle = self._handle
-        if handle is not None and handle.pid == os.getpid():
-            return handle
-        self._check_fork()
-        with self._lock:
-            if self._handle is None:
-                self._handle = self._open()
-            return self._handle
-
-    def _open(self) -> _Handle:
-        settings: dict[str, Any]
-        if self.size_limit is None:
-            # No eviction, so no access-time bookkeeping: reads stay a single SELECT instead of a write
-            # transaction, which also keeps concurrent readers from queueing on SQLite's write lock.
-            settings = {"eviction_policy": "none", "size_limit": _UNBOUNDED}
-        else:
-            # cull_limit=2: a write that finds the cache over its limit evicts the two least recently used
-            # entries. One would leave a cache that is over its limit (entries of varying size, a limit
-            # lowered on reopening) over it for good; diskcache's default of 10 empties a small cache at once.
-            settings = {
-                "eviction_policy": "least-recently-used",
-                "size_limit": self.size_limit,
-                "cull_limit": 2,
-            }
-        db_path = self.directory / _DB_NAME
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CacheError(f"cannot create the cache directory {self.directory}: {exc}") from exc
-        # Opening (which may create the database) and moving a damaged one aside exclude each other across
-        # processes, so nobody moves aside a database another process is creating at that moment.
-        with _file_lock(self._rebuild_lock_path):
-            if _emptied_database(self.directory):
-                self._move_aside("it is empty while value files remain")
-            for attempt in range(2):
-                try:
-                    cache = diskcache.Cache(str(self.directory), timeout=60, **settings)
-                except sqlite3.DatabaseError as exc:
-                    if attempt or not _is_damaged_database(exc):
-                        raise CacheError(f"cannot open the cache database in {self.directory}: {exc}") from exc
-                    self._move_aside(exc)
-                    continue
-                except (OSError, diskcache.Timeout) as exc:
-                    raise CacheError(f"cannot open the cache in {self.directory}: {exc}") from exc
-                break
-        handle = _Handle(cache, os.getpid(), _inode(db_path))
-        if self.size_limit is not None:
-            # Reopened with a smaller limit than the cache already uses: evict down to it now. diskcache culls
-            # ten least recently used entries at a time, a fine enough step for limits of many entries.
-            with contextlib.suppress(sqlite3.DatabaseError, diskcache.Timeout, OSError):
-                if cache.volume() > self.size_limit:
-                    cache.cull(retry=True)
-        return handle
+        # The at-fork hook resets forked children; this covers a fork it did not see (os.register_at_fork
+        # runs for os.fork and multiprocessing, not for a fork made by a C extension).
+        if os.getpid() != self._pid:
+            self._reset_process_state()
 
     @property
-    def _rebuild_lock_path(self) -> Path:
-        return self.directory / _LOCKS_DIR / "rebuild.lock"
+    def _handle(self) -> _Handle | None:
+        """The array store's open handle (``None`` until first use, and in a fresh copy): for tests."""
+        return self._arrays.handle
 
-    def _move_aside(self, reason: object) -> None:
-        """Move the damaged cache's contents to ``<directory>.corrupt-<timestamp>`` and warn once.
-
-        Called with the rebuild lock held. Falls back to deleting what cannot be moved.
-        """
-        db_path = self.directory / _DB_NAME
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        aside = self.directory.with_name(f"{self.directory.name}.corrupt-{stamp}")
-        suffix = 1
-        while aside.exists():
-            aside = self.directory.with_name(f"{self.directory.name}.corrupt-{stamp}-{suffix}")
-            suffix += 1
-        moved = True
-        try:
-            aside.mkdir(parents=True)
-        except OSError:
-            moved = False
-        for child in list(self.directory.iterdir()):
-            if child.name == _LOCKS_DIR:
-                continue  # lock files carry no data, and other processes may be holding them right now
-            try:
-                if not moved:
-                    raise OSError("no place to move to")
-                os.replace(child, aside / child.name)
-            except OSError:
-                moved = False
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        child.unlink()
-        where = f"moved its contents to {aside}" if moved else "deleted its contents"
-        warnings.warn(
-            f"playment_torch cache database {db_path} is damaged ({reason}); {where} and started an empty cache",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-
-    def _call(self, what: str, operation: Callable[[diskcache.Cache], _T], *, check_stale: bool = True) -> _T:
-        """Run one diskcache operation, rebuilding a damaged database once and wrapping every failure.
-
-        Args:
-            what: Names the operation in error messages.
-            operation: Receives the open ``diskcache.Cache``.
-            check_stale: First make sure the open database is still the one at ``directory/cache.db``
-                (another process may have moved a damaged cache aside, or someone deleted the directory);
-                reopen if not. A ``stat``: cheap, but skipped on the hit path, where a stale handle costs
-                nothing worse than a miss (and misses check).
-
-        Returns:
-            Whatever ``operation`` returns.
-
-        Raises:
-            CacheError: The cache is unusable (unwritable, locked for too long, damaged twice in a row).
-        """
-        for attempt in range(2):
-            handle = self._current()
-            if check_stale and _inode(self.directory / _DB_NAME) != handle.db:
-                with self._lock:
-                    if self._handle is handle:
-                        with contextlib.suppress(Exception):
-                            handle.cache.close()
-                        self._handle = None
-                handle = self._current()
-            try:
-                return operation(handle.cache)
-            except sqlite3.DatabaseError as exc:
-                if attempt or not _is_damaged_database(exc):
-                    raise CacheError(f"cache {self.directory}: {what} failed: {exc}") from exc
-                with self._lock:
-                    if self._handle is handle:  # not already rebuilt by another thread
-                        with _file_lock(self._rebuild_lock_path):
-                            # Another process that saw the damage first has already put a new database
-                            # in place: use it rather than moving it aside too.
-                            if _inode(self.directory / _DB_NAME) == handle.db:
-                                self._move_aside(exc)
-                        with contextlib.suppress(Exception):
-                            handle.cache.close()
-                        self._handle = None
-            except (OSError, diskcache.Timeout) as exc:
-                raise CacheError(f"cache {self.directory}: {what} failed: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _store(self, kind: int) -> _Store:
+        self._check_fork()
+        return self._meta if kind == _KIND_JSON else self._arrays
 
     # --- reads --------------------------------------------------------------------------------------------
 
-    def _read_entry(self, key: str) -> tuple[np.ndarray, _FileVersion | None] | None:
+    def _read_entry(self, store: _Store, key: str) -> tuple[np.ndarray, _FileVersion | None] | None:
         """Return the stored bytes of ``key`` as a writable uint8 array, ``None`` if absent.
 
         The bytes come with their value file's version, or ``None`` for small values kept inside SQLite.
@@ -630,7 +1222,7 @@ class ArrayCache:
             _CorruptEntry: The row exists but its value file does not, or cannot be read.
         """
 
-        def fetch(cache: diskcache.Cache) -> tuple[np.ndarray, _FileVersion | None] | object:
+        def fetch(cache: Any) -> tuple[np.ndarray, _FileVersion | None] | object:
             value = cache.get(key, default=_MISSING, read=True, retry=True)
             if value is _MISSING:
                 return _MISSING
@@ -645,13 +1237,13 @@ class ArrayCache:
                 raise _CorruptEntry(f"value file unreadable: {exc}") from exc
 
         for attempt in range(_MISSING_FILE_ATTEMPTS):
-            value = self._call("get", fetch, check_stale=False)
+            value = store.call("get", fetch, check_stale=False)
             if value is not _MISSING:
                 return cast("tuple[np.ndarray, _FileVersion | None]", value)
             # diskcache answers "missing" both for absent keys and for rows whose file vanished. Look again:
             # an overwrite of the same key deletes the old file right after its commit, and a reader that
             # selected the old row just before can find the file gone. That is churn, not damage: retry.
-            if not self._call("contains", lambda cache: key in cache):
+            if not store.call("contains", lambda cache: key in cache):
                 return None
             time.sleep(0.001 * attempt)
         # Persistently missing. Worst case (an overwrite storm outlasting every retry) this drops a good
@@ -665,36 +1257,36 @@ class ArrayCache:
             ``(True, value)`` for a hit, ``(False, None)`` for a miss or a damaged (now deleted) entry.
 
         Raises:
-            CacheError: The cache is unusable, or the entry holds the other kind of value.
+            CacheError: The cache is unusable.
         """
+        store = self._store(kind)
+        digest = int.from_bytes(_key_digest(key), "little")
         try:
-            entry = self._read_entry(key)
+            entry = self._read_entry(store, key)
             if entry is None:
                 with self._stats_lock:
                     self._stats.misses += count_miss
                 return False, None
             buffer, version = entry
-            checked = version is not None and self._checked.get(key) == version
-            found, payload = _unframe(buffer, check_payload=not checked)
+            checked = version is not None and self._checked.seen(digest, version)
+            found, payload = _unframe(buffer, key, check_payload=not checked)
             # Only a file that has been still for a while is remembered: file times tick coarsely (milliseconds),
             # so a rewrite right after the check could otherwise keep the same modification time.
             if version is not None and not checked and time.time_ns() - version[3] > _SETTLED_NS:
-                if len(self._checked) >= _CHECKED_MAX:
-                    self._checked.clear()  # a bound on memory; entries are simply checked again
-                self._checked[key] = version
+                self._checked.remember(digest, version)
             if found != kind:
-                raise CacheError(f"cache entry {key!r} holds {_KIND_NAMES[found]}, not {_KIND_NAMES[kind]}")
+                raise _CorruptEntry(f"a {_KIND_NAMES[found]} entry in the {_KIND_NAMES[kind]} store")
             if kind == _KIND_JSON:
                 try:
                     payload = json.loads(cast(bytes, payload))
                 except ValueError as exc:  # checksummed yet undecodable: not ours to trust either
                     raise _CorruptEntry(f"undecodable JSON: {exc}") from exc
-        except _CorruptEntry:
+        except _CorruptEntry as exc:
             # Damage is not an error for the caller: drop the entry and let them fetch the value again.
-            self._checked.pop(key, None)
-            self._call("delete", lambda cache: cache.delete(key, retry=True))
+            self._checked.forget(digest)
+            store.call("delete", lambda cache: cache.delete(key, retry=True))
             with self._stats_lock:
-                self._stats.corrupt += 1
+                self._stats.corrupt += not isinstance(exc, _OutdatedEntry)
                 self._stats.misses += 1
             return False, None
         with self._stats_lock:
@@ -705,21 +1297,24 @@ class ArrayCache:
     def get_array(self, key: str) -> np.ndarray | None:
         """Return the array stored under ``key``.
 
+        Arrays and JSON values are kept apart: a key stored with :meth:`put_json` is not found here.
+
         Args:
             key: A key from :func:`cache_key` (any string works).
 
         Returns:
             The array, with its dtype and shape as stored, as a zero-copy view over the freshly read entry (so
             it is writable and owned by nobody else); ``None`` when the key is missing or its entry was
-            damaged (the damaged entry is deleted and counted in ``stats.corrupt``).
+            damaged (the damaged entry is deleted and counted in ``stats.corrupt``) or written by an older
+            version of this module.
 
         Raises:
-            CacheError: The cache is unusable, or ``key`` holds a JSON value.
+            CacheError: The cache is unusable.
         """
         return cast("np.ndarray | None", self._get(key, _KIND_ARRAY)[1])
 
     def get_json(self, key: str) -> Any | None:
-        """Return the JSON value stored under ``key``, ``None`` when missing or damaged.
+        """Return the JSON value stored under ``key``, ``None`` when missing, damaged or outdated.
 
         Args:
             key: A key from :func:`cache_key`.
@@ -729,39 +1324,41 @@ class ArrayCache:
             ``stats`` counts it as a hit).
 
         Raises:
-            CacheError: The cache is unusable, or ``key`` holds an array.
+            CacheError: The cache is unusable.
         """
         return self._get(key, _KIND_JSON)[1]
 
     # --- writes -------------------------------------------------------------------------------------------
 
-    def _put(self, key: str, entry: bytes) -> None:
+    def _put(self, store: _Store, key: str, entry: bytes) -> None:
         # diskcache writes a value file completely before inserting the row that points to it, in one
         # transaction, so readers never see a half-written entry; `bytes` (not pickle) keeps large values
         # as plain files that reads can pull in with one readinto.
         if len(entry) < _FILE_THRESHOLD:
-            self._call("put", lambda cache: cache.set(key, entry, retry=True))
+            store.call("put", lambda cache: cache.set(key, entry, retry=True), write=True)
         else:
             # As a file object diskcache copies the value in 4 MiB writes; given `bytes` it would iterate them
             # like text, line by line, and the many small writes leave a file that reads back ~1.6x slower.
-            self._call("put", lambda cache: cache.set(key, io.BytesIO(entry), read=True, retry=True))
+            store.call("put", lambda cache: cache.set(key, io.BytesIO(entry), read=True, retry=True), write=True)
         with self._stats_lock:
             self._stats.bytes_written += len(entry)
 
     def put_array(self, key: str, array: np.ndarray) -> None:
-        """Store ``array`` under ``key``, replacing any previous value.
+        """Store ``array`` under ``key``, replacing any previous array.
 
         Args:
             key: A key from :func:`cache_key`.
             array: Any shape and dtype (structured and subarray fields included) except object dtypes.
 
         Raises:
-            CacheError: The array holds Python objects, or the cache is unusable.
+            CacheError: The array holds Python objects, or the cache is unusable (a full disk included).
         """
-        self._put(key, _encode_array(np.asarray(array)))
+        self._put(self._store(_KIND_ARRAY), key, _encode_array(np.asarray(array), key))
 
     def put_json(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable ``value`` under ``key``, framed and checksummed like arrays.
+
+        JSON values live in the metadata store, which a ``size_limit`` never evicts.
 
         Args:
             key: A key from :func:`cache_key`.
@@ -774,31 +1371,67 @@ class ArrayCache:
             payload = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         except (TypeError, ValueError) as exc:  # UnicodeEncodeError (lone surrogates) is a ValueError
             raise CacheError(f"value for cache entry {key!r} is not JSON-serialisable: {exc}") from exc
-        self._put(key, _frame(_KIND_JSON, payload))
+        self._put(self._store(_KIND_JSON), key, _frame(_KIND_JSON, payload, key))
+
+    def touch_project(self, project_id: str) -> bool:
+        """Record that ``project_id`` is in use now: what ``cache info`` shows as its last use.
+
+        Datasets call this when they open a project (a warm epoch reads without writing, so reads alone would
+        leave no trace). Best effort: on a full disk or a read-only cache nothing is recorded.
+
+        Args:
+            project_id: The project.
+
+        Returns:
+            Whether the time was recorded.
+        """
+        try:
+            self.put_json(cache_key(_USED_KIND, project_id=project_id), {"project_id": project_id})
+        except CacheError as exc:
+            logger.debug("cannot record the use of project %s: %s", project_id, exc)
+            return False
+        return True
 
     # --- create once ----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _key_lock(self, key: str) -> Iterator[None]:
+        timeout = self.lock_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             entry = self._key_locks.setdefault(key, [threading.Lock(), 0])
             entry[1] += 1
+        thread_lock: threading.Lock = entry[0]
+        held = False
         try:
-            with entry[0]:
-                name = hashlib.sha1(key.encode("utf-8")).hexdigest() + ".lock"
-                with _file_lock(self.directory / _LOCKS_DIR / name):
+            held = thread_lock.acquire(timeout=-1 if timeout is None else timeout)
+            if held:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                name = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest() + ".lock"
+                path = self.directory / _LOCKS_DIR / name
+                with _file_lock(path, timeout=remaining, what=f"cache key {key!r}", warn=True):
                     yield
+            else:
+                warnings.warn(
+                    f"playment_torch cache: waited {timeout:.3g} s for the lock on cache key {key!r}, which another "
+                    "thread holds; going on without it (the work may be done twice, the cache stays correct)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                yield
         finally:
+            if held:
+                thread_lock.release()
             with self._lock:
                 entry[1] -= 1
-                if not entry[1]:
+                if not entry[1] and self._key_locks.get(key) is entry:
                     self._key_locks.pop(key, None)
 
     def get_or_create(self, key: str, create: Callable[[], np.ndarray]) -> np.ndarray:
         """Return the array under ``key``, calling ``create`` and storing its result if there is none.
 
         Concurrent callers for one key, in threads or in processes sharing the directory, call ``create``
-        once: the others wait for it and then read the stored value.
+        once: the others wait for it (up to ``lock_timeout``) and then read the stored value.
 
         Args:
             key: A key from :func:`cache_key`.
@@ -814,6 +1447,7 @@ class ArrayCache:
         value = self.get_array(key)
         if value is not None:
             return value
+        self._check_fork()
         with self._key_lock(key):
             found, value = self._get(key, _KIND_ARRAY, count_miss=False)
             if found:
@@ -824,23 +1458,30 @@ class ArrayCache:
 
     # --- bookkeeping --------------------------------------------------------------------------------------
 
+    def _stores(self) -> tuple[_Store, _Store]:
+        self._check_fork()
+        return self._arrays, self._meta
+
     def __contains__(self, key: object) -> bool:
         """Whether an entry exists for ``key`` (its integrity is checked only when it is read)."""
-        return self._call("contains", lambda cache: key in cache)
+        return any(store.call("contains", lambda cache: key in cache) for store in self._stores())
 
     def __len__(self) -> int:
-        return int(self._call("len", len))
+        return sum(int(store.call("len", len)) for store in self._stores())
 
     def keys(self) -> Iterator[str]:
-        """Iterate over the keys present when called (in key order).
+        """Iterate over the keys present when called (in key order; a key holding both kinds appears once).
 
         Returns:
             An iterator over a snapshot of the keys.
         """
-        return iter(self._call("keys", lambda cache: list(cache.iterkeys())))
+        found: set[str] = set()
+        for store in self._stores():
+            found.update(store.call("keys", lambda cache: list(cache.iterkeys())))
+        return iter(sorted(found))
 
     def delete(self, key: str) -> bool:
-        """Delete ``key``'s entry.
+        """Delete ``key``'s entries (array and JSON).
 
         Args:
             key: The key.
@@ -848,46 +1489,129 @@ class ArrayCache:
         Returns:
             Whether there was an entry to delete.
         """
-        return bool(self._call("delete", lambda cache: cache.delete(key, retry=True)))
+        return bool(sum(store.delete_many([key]) for store in self._stores()))
 
-    def clear(self) -> int:
-        """Delete every entry.
+    def projects(self) -> list[ProjectUsage]:
+        """Summarise the cache per project, read without writing (so it works on a full disk too).
+
+        The project is the second part of a :func:`cache_key` key; keys of another shape are summed under
+        ``project_id=None``.
+
+        Returns:
+            One :class:`ProjectUsage` per project, most recently used first.
+        """
+        entries: dict[str | None, int] = {}
+        sizes: dict[str | None, int] = {}
+        used: dict[str | None, float] = {}
+        frames: dict[str | None, set[tuple[str, str]]] = {}
+        for store in self._stores():
+            for key, size, stored, _filename in store.entries():
+                parts = _key_parts(key)
+                project = parts[1] if parts else None
+                entries[project] = entries.get(project, 0) + 1
+                sizes[project] = sizes.get(project, 0) + int(size or 0)
+                used[project] = max(used.get(project, 0.0), float(stored or 0.0))
+                if parts and parts[3]:
+                    frames.setdefault(project, set()).add((parts[2], parts[3]))
+        usage = [
+            ProjectUsage(project, entries[project], len(frames.get(project, ())), sizes[project], used[project])
+            for project in entries
+        ]
+        return sorted(usage, key=lambda item: (-item.last_used, item.project_id or ""))
+
+    def matching_keys(self, *, project_id: str | None = None, older_than: float | None = None) -> list[str]:
+        """Keys of one project, or of projects not used for a while, as :meth:`clear` selects them.
+
+        Args:
+            project_id: Only this project's keys (see :meth:`projects`); ``None``: every project.
+            older_than: Only projects whose last use (see :class:`ProjectUsage`) is at least this many
+                seconds ago; keys of no project go by their own store time. ``None``: whatever their age.
+
+        Returns:
+            The matching keys, sorted.
+        """
+        rows = [(key, stored) for store in self._stores() for key, _size, stored, _file in store.entries()]
+        last_used: dict[str | None, float] = {}
+        projects = []
+        for key, stored in rows:
+            parts = _key_parts(key)
+            project = parts[1] if parts else None
+            projects.append(project)
+            if project is not None:
+                last_used[project] = max(last_used.get(project, 0.0), float(stored or 0.0))
+        cutoff = None if older_than is None else time.time() - older_than
+        chosen = set()
+        for (key, stored), project in zip(rows, projects, strict=True):
+            if project_id is not None and project != project_id:
+                continue
+            when = last_used[project] if project is not None else float(stored or 0.0)
+            if cutoff is not None and when > cutoff:
+                continue
+            chosen.add(key)
+        return sorted(chosen)
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete the entries of ``keys`` (array and JSON), on a full disk too.
+
+        Args:
+            keys: The keys.
 
         Returns:
             The number of entries deleted.
         """
-        return int(self._call("clear", lambda cache: cache.clear(retry=True)))
+        wanted = list(keys)
+        return sum(store.delete_many(wanted) for store in self._stores())
 
-    def volume(self) -> int:
-        """Return the bytes the cache occupies on disk: database pages plus value files."""
-        return int(self._call("volume", lambda cache: cache.volume()))
-
-    def verify(self, *, repair: bool = False) -> VerifyReport:
-        """Read and check every entry.
+    def clear(self, *, project_id: str | None = None, older_than: float | None = None) -> int:
+        """Delete every entry, or those :meth:`matching_keys` selects. Works on a full disk.
 
         Args:
-            repair: Delete the damaged entries found.
+            project_id: Only this project's entries.
+            older_than: Only entries of projects not used for this many seconds.
+
+        Returns:
+            The number of entries deleted.
+        """
+        if project_id is None and older_than is None:
+            return sum(store.clear() for store in self._stores())
+        return self.delete_many(self.matching_keys(project_id=project_id, older_than=older_than))
+
+    def volume(self) -> int:
+        """Return the bytes the cache occupies on disk: database pages plus value files, of both stores."""
+        return sum(int(store.call("volume", lambda cache: cache.volume())) for store in self._stores())
+
+    def verify(self, *, repair: bool = False) -> VerifyReport:
+        """Read and check every entry, whatever this process checked before.
+
+        Args:
+            repair: Delete the damaged and outdated entries found.
 
         Returns:
             A :class:`VerifyReport`. ``stats`` is not changed.
         """
         report = VerifyReport()
-        for key in self.keys():
-            try:
-                entry = self._read_entry(key)
-                if entry is None:
-                    continue  # deleted since the key snapshot
-                _unframe(entry[0])  # always the full check, whatever this process checked before
-            except _CorruptEntry:
-                report.bad.append(key)
-                if repair and self.delete(key):
-                    report.repaired += 1
-            report.checked += 1
+        first_event = len(self.moved_aside)
+        for store in self._stores():
+            for key in store.call("keys", lambda cache: list(cache.iterkeys())):
+                try:
+                    entry = self._read_entry(store, key)
+                    if entry is None:
+                        continue  # deleted since the key snapshot
+                    _unframe(entry[0], key)
+                except _OutdatedEntry:
+                    report.outdated += 1
+                    if repair and store.delete_many([key]):
+                        report.repaired += 1
+                except _CorruptEntry:
+                    report.bad.append(key)
+                    if repair and store.delete_many([key]):
+                        report.repaired += 1
+                report.checked += 1
+        report.bad.sort()
+        report.moved_aside = self.moved_aside[first_event:]
         return report
 
     def close(self) -> None:
-        """Close this thread's database connection; the cache reopens by itself when used again."""
-        with self._lock:
-            handle, self._handle = self._handle, None
-        if handle is not None and handle.pid == os.getpid():
-            handle.cache.close()
+        """Close this process's database connections; the cache reopens by itself when used again."""
+        for store in (self._arrays, self._meta):
+            store.close()

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from playment_torch.cache import ArrayCache, default_cache_dir
+from playment_torch.cache import ArrayCache, default_cache_dir, parse_duration
 from playment_torch.errors import ConfigError, PlaymentError
 
 __all__ = ["main"]
@@ -93,9 +93,22 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--cache-dir")
     verify.add_argument("--repair", action="store_true", help="drop bad entries")
 
-    cache = commands.add_parser("cache", parents=[common], help="cache info / clear")
+    def duration(text: str) -> float:
+        try:
+            return parse_duration(text)
+        except PlaymentError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    cache = commands.add_parser(
+        "cache", parents=[common], help="cache info (per project) / clear (all, one project, or unused ones)"
+    )
     cache.add_argument("action", choices=("info", "clear"))
     cache.add_argument("--cache-dir")
+    cache.add_argument("--project", help="clear: only this project's entries")
+    cache.add_argument(
+        "--older-than", type=duration, metavar="DURATION", help="clear: only projects unused for this long (7d, 12h)"
+    )
+    cache.add_argument("--yes", "-y", action="store_true", help="clear without asking (never asked off a terminal)")
 
     relabel = commands.add_parser("relabel", parents=[common], help="send frames back to Playment for labelling")
     relabel.add_argument("--project", required=True, help="Playment project id")
@@ -352,30 +365,90 @@ def _existing_cache(args: argparse.Namespace) -> ArrayCache:
 
 
 def _verify(args: argparse.Namespace) -> None:
+    """Check every entry. A damaged database is moved aside by the cache; say so, name where, and exit 1."""
     cache = _existing_cache(args)
-    report = cache.verify(repair=args.repair)
-    print(f"cache {cache.directory}: {report.checked} entries checked, {len(report.bad)} bad")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the cache's damage warning: reported below instead
+        report = cache.verify(repair=args.repair)
+    cache.close()
+    for moved in report.moved_aside:
+        where = f"moved to {moved.destination}" if moved.destination else "deleted (it could not be moved)"
+        print(f"cache {cache.directory}: damaged database {moved.database} ({_one_line(moved.reason)}) {where}")
+    summary = f"cache {cache.directory}: "
+    if report.moved_aside:
+        # Never "0 bad" about a cache whose entries were just thrown away with its database.
+        count = len(report.moved_aside)
+        summary += f"{count} damaged database{'s' * (count > 1)} replaced by an empty one, "
+        summary += f"{report.checked} remaining entries checked" + (f", {len(report.bad)} bad" if report.bad else "")
+    else:
+        summary += f"{report.checked} entries checked, {len(report.bad)} bad"
+    if report.outdated:
+        summary += f", {report.outdated} outdated (written by an older version; fetched again when needed)"
+    print(summary)
     for key in report.bad:
         print(f"  bad: {key}")
     if report.bad and args.repair:
         print(f"dropped {report.repaired} bad entries; they will be fetched again when needed")
-    cache.close()
+    if report.moved_aside:
+        kept = [str(moved.destination) for moved in report.moved_aside if moved.destination]
+        where = f"; the old contents are in {', '.join(kept)} (delete with: rm -r {' '.join(kept)})" if kept else ""
+        raise _CacheDamaged(f"the cache database was damaged: its entries will be fetched again when needed{where}")
     if report.bad and not args.repair:
         raise _CacheDamaged(f"{len(report.bad)} bad cache entries; run with --repair to drop them")
 
 
 class _CacheDamaged(PlaymentError):
-    """``verify`` found bad entries and was not asked to repair them."""
+    """``verify`` found bad entries and was not asked to repair them, or found the database damaged."""
 
 
 def _cache(args: argparse.Namespace) -> None:
+    """``cache info``: totals and one line per project. ``cache clear``: everything, a project, or old ones."""
     cache = _existing_cache(args)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a damaged database: reported below instead
+            _cache_action(cache, args)
+    finally:
+        cache.close()
+        for moved in cache.moved_aside:
+            where = f"moved to {moved.destination}" if moved.destination else "deleted (it could not be moved)"
+            print(
+                f"playment-torch: warning: damaged cache database {moved.database} ({_one_line(moved.reason)}) {where}",
+                file=sys.stderr,
+            )
+
+
+def _cache_action(cache: ArrayCache, args: argparse.Namespace) -> None:
+    """Run ``cache info`` or ``cache clear`` on an open cache."""
     if args.action == "info":
         print(f"cache {cache.directory}: {len(cache)} entries, {cache.volume() / 2**20:.1f} MiB")
-    else:
-        removed = cache.clear()
-        print(f"cache {cache.directory}: removed {removed} entries")
-    cache.close()
+        usage = cache.projects()
+        names = [item.project_id if item.project_id is not None else "(other keys)" for item in usage]
+        width = max([len("project"), *map(len, names)]) + 2
+        if usage:
+            print(f"{'project':<{width}}{'frames':>7}{'entries':>9}{'MiB':>10}  last used (UTC)")
+        for name, item in zip(names, usage, strict=True):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(item.last_used))
+            print(f"{name:<{width}}{item.frames:>7}{item.entries:>9}{item.bytes / 2**20:>10.1f}  {when}")
+        return
+    selective = args.project is not None or args.older_than is not None
+    keys = cache.matching_keys(project_id=args.project, older_than=args.older_than) if selective else None
+    count = len(keys) if keys is not None else len(cache)
+    what = f"{count} entries"
+    if args.project is not None:
+        what += f" of project {args.project}"
+    if args.older_than is not None:
+        what += f" of projects unused for {args.older_than / 86400:g} days"
+    if not count:
+        print(f"cache {cache.directory}: nothing to remove ({what})")
+        return
+    # Ask only a person at a terminal; scripts and CI (stdin not a terminal) are never blocked on a prompt.
+    if not args.yes and sys.stdin.isatty():
+        answer = input(f"remove {what} from {cache.directory}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise PlaymentError("cancelled; nothing removed")
+    removed = cache.delete_many(keys) if keys is not None else cache.clear()
+    print(f"cache {cache.directory}: removed {removed} entries")
 
 
 def _serve(args: argparse.Namespace) -> None:

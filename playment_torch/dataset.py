@@ -281,6 +281,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             class_ids = {entry.class_id for result, _ in results for entry in result.labels}
             check_known_classes(self.class_map, available, class_ids)
         self._index = FrameIndex.build(project_id, results, self.class_map)
+        self.cache.touch_project(project_id)  # for `playment-torch cache info`; best effort on a full disk
         skipped = sum(len(result.skipped_frames) for result, _ in results)
         if skipped:
             logger.info("%d frames have no lidar point cloud or no mask and are not items", skipped)
