@@ -102,7 +102,7 @@ _AUTHORITY_BAD = re.compile(r"[\\\s]")
 # ``?query`` in log lines and exception texts: up to whitespace, a quote or a closing bracket.
 _QUERY = re.compile(r"\?[^\s\"'<>)]+")
 # ``x-api-key: value`` / ``api_key=value`` in a server's message.
-_KEYISH = re.compile(r"(?i)\b(x-api-key|api[-_]?key)(\s*[:=]\s*[\"']?)[^\s\"',;&]+")
+_KEYISH = re.compile(r"(?i)\b(x-api-key|api[-_]?key)([\"']?\s*[:=]\s*[\"']?)[^\s\"',;&}]+")
 _MESSAGE_MAX = 300
 _URLLIB3_LOGGERS = (
     "urllib3",
@@ -610,8 +610,9 @@ class PlaymentClient:
             _redact_exception(exc)
             self._breaker.failure(host, type(exc).__name__)
             raise _Transient(f"{type(exc).__name__} while requesting", cause=exc, from_api=is_api) from None
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, ValueError) as exc:
             # An invalid URL or header: retrying cannot help. The message names the type, never a header value.
+            # (urllib3's LocationParseError for a host IDNA cannot encode escapes requests unwrapped.)
             raise DownloadError(f"request refused before sending ({type(exc).__name__})", url=url) from None
         self._breaker.success(host)
         return response
