@@ -363,7 +363,7 @@ class _RedactQueries(logging.Filter):
 _REDACT_FILTER = _RedactQueries()
 
 
-def install_log_redaction() -> None:
+def _install_log_redaction() -> None:
     """Attach the query-string redacting filter to urllib3's loggers (idempotent; once per process is enough).
 
     urllib3 logs every request line at DEBUG (``GET /signed/...?signature=...``); a signed URL is a credential
@@ -372,6 +372,16 @@ def install_log_redaction() -> None:
     """
     for name in _URLLIB3_LOGGERS:
         logging.getLogger(name).addFilter(_REDACT_FILTER)  # addFilter ignores a filter already there
+
+
+_PICKLE_DEFAULTS: dict[str, Any] = {
+    "_key_from_env": False,
+    "download_deadline": 60.0,
+    "min_download_rate": 256.0 * 1024,
+    "rate_limit": None,
+    "breaker_threshold": 5,
+    "breaker_cooldown": 30.0,
+}
 
 
 class PlaymentClient:
@@ -476,7 +486,7 @@ class PlaymentClient:
         self._session: requests.Session | None = None
         self._session_pid = -1
         self._new_process_state()
-        install_log_redaction()
+        _install_log_redaction()
 
     # ------------------------------------------------------------------------------------------- plumbing
 
@@ -496,10 +506,13 @@ class PlaymentClient:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Pickles made by version 0.1 lack the newer options: give them their defaults.
+        for name, default in _PICKLE_DEFAULTS.items():
+            state.setdefault(name, default)
         self.__dict__.update(state)
         self._local = threading.Lock()
         self._new_process_state()
-        install_log_redaction()
+        _install_log_redaction()
 
     def _new_process_state(self) -> None:
         """Fresh breaker and rate limiter: they hold locks, and their state belongs to one process."""
@@ -563,16 +576,39 @@ class PlaymentClient:
                 session = requests.Session()
                 # Never let the environment (.netrc) or a redirect add credentials behind our back.
                 session.trust_env = False
-                adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=self.pool_size, max_retries=0)
-                session.mount("http://", adapter)
-                session.mount("https://", adapter)
+                self._mount(session)
                 self._session = session
                 self._session_pid = pid
             return self._session
 
-    def _is_api(self, url: str) -> bool:
+    def ensure_pool_size(self, connections: int) -> None:
+        """Keep at least ``connections`` connections per host, for that many concurrent requests.
+
+        With fewer, threads beyond the pool size open a connection per request and throw it away afterwards
+        (urllib3's "Connection pool is full, discarding connection"). ``prefetch`` with more threads than
+        :attr:`pool_size` calls this. Never shrinks the pool; idempotent.
+
+        Args:
+            connections: Concurrent requests the caller is about to make.
+        """
+        with self._local:
+            if connections <= self.pool_size:
+                return
+            self.pool_size = connections
+            if self._session is not None and self._session_pid == os.getpid():
+                # Mount a larger adapter; requests in flight finish on the old one, whose pool is then dropped.
+                self._mount(self._session)
+
+    def _mount(self, session: requests.Session) -> None:
+        adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=self.pool_size, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+
+    def _is_api(self, url: str, stack: tuple[str, str, int | None] | None = None) -> bool:
         # Both views must agree: urllib.parse's, and urllib3's, which is where the connection really goes.
-        return _origin(url) == self._api_origin and _stack_origin(url) == self._api_origin
+        if stack is None:
+            stack = _stack_origin(url)
+        return stack == self._api_origin and _origin(url) == self._api_origin
 
     def _send(self, url: str, *, params: Mapping[str, str] | None = None, api: bool = False) -> requests.Response:
         """One streamed GET, with the key only when the URL is the API's own origin, never following redirects.
@@ -588,8 +624,9 @@ class PlaymentClient:
         """
         _check_url_text(url)
         session = self._http()
-        is_api = self._is_api(url)
-        host, origin = _host_of(url)
+        stack = _stack_origin(url)
+        is_api = self._is_api(url, stack)
+        host, origin = _host_label(stack)
         self._breaker.check(host, origin)
         headers = {"Accept-Encoding": _ACCEPT_ENCODING}
         if api:
@@ -1032,9 +1069,9 @@ def _stack_origin(url: str) -> tuple[str, str, int | None]:
     return scheme, host, parts.port or {"http": 80, "https": 443}.get(scheme)
 
 
-def _host_of(url: str) -> tuple[str, str]:
-    """``("host:port", "scheme://host:port")`` of a URL, as the HTTP stack connects to it (the breaker's key)."""
-    scheme, host, port = _stack_origin(url)
+def _host_label(stack: tuple[str, str, int | None]) -> tuple[str, str]:
+    """``("host:port", "scheme://host:port")`` of a :func:`_stack_origin` (the breaker's key and message)."""
+    scheme, host, port = stack
     label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return label, f"{scheme}://{label}"
 

@@ -663,3 +663,14 @@ def test_odd_content_lengths_are_handled(scripted: Scripted, length: str) -> Non
         except PlaymentError:
             return  # refusing an unusable length is fine; crashing with a ValueError is not
     assert body == b"0123456789AB"
+
+
+def test_a_pickle_from_version_0_1_still_loads(fake: FakePlaymentServer) -> None:
+    # A 0.1 client's state has none of the newer options; unpickling gives them their defaults.
+    state = PlaymentClient(KEY, base_url=fake.url, retry=FAST).__getstate__()
+    for name in ("_key_from_env", "download_deadline", "min_download_rate", "rate_limit", "breaker_threshold"):
+        del state[name]
+    old = PlaymentClient.__new__(PlaymentClient)
+    old.__setstate__(state)
+    assert (old.download_deadline, old.breaker_threshold, old.rate_limit) == (60.0, 5, None)
+    assert old.get_project(fake.project_id).project_id == fake.project_id

@@ -7,6 +7,7 @@ hangs up on every connection, so the test counts exactly which requests reached 
 from __future__ import annotations
 
 import contextlib
+import logging
 import pickle
 import socket
 import threading
@@ -272,3 +273,25 @@ def test_default_rate_limit() -> None:
     assert PlaymentClient(KEY, base_url="http://127.0.0.1:1").rate_limit is None  # the fake server
     assert PlaymentClient(KEY, base_url="http://127.0.0.1:1", rate_limit=5).rate_limit == 5.0
     assert PlaymentClient(KEY, base_url="https://api.example.com", rate_limit=None).rate_limit is None
+
+
+# ------------------------------------------------------------------------------------------- pool size
+
+
+@pytest.mark.parametrize("grow", [True, False])
+def test_the_pool_follows_the_concurrency(caplog: pytest.LogCaptureFixture, grow: bool) -> None:
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    with FakePlaymentServer(api_key=KEY) as fake:
+        urls = [fake.direct_url(f"p{i}.bin") for i in range(160)]
+        for url in urls:
+            fake.put_file(url, b"p" * 100)
+        fake.latency = 0.02
+        with PlaymentClient(KEY, base_url=fake.url, pool_size=4) as client:
+            client.download(urls[0])  # the session (and its small pool) exists already
+            if grow:
+                client.ensure_pool_size(32)
+                client.ensure_pool_size(8)  # never shrinks
+                assert client.pool_size == 32
+            assert _burst(client, urls) == []
+    discarded = [r for r in caplog.records if "pool is full" in r.getMessage()]
+    assert (not discarded) if grow else discarded  # without growing, 28 threads' connections are thrown away
