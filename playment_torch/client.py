@@ -68,7 +68,7 @@ from playment_torch.errors import (
 )
 from playment_torch.models import BatchPage, Job, JobResult, JobSummary, Project
 
-__all__ = ["DEFAULT_BASE_URL", "PlaymentClient", "RetryPolicy"]
+__all__ = ["DEFAULT_BASE_URL", "DOCUMENTED_RATE", "PlaymentClient", "RetryPolicy"]
 
 logger = logging.getLogger("playment_torch")
 
@@ -416,10 +416,11 @@ class PlaymentClient:
             bytes / min_download_rate)``, with bytes the ``Content-Length`` or, without one, the bytes received
             so far. Passing it is a retried :class:`DownloadError` (:class:`APIError` for API answers).
         min_download_rate: Bytes per second a body must average beyond ``download_deadline``.
-        rate_limit: Most requests the API host (attachments included) sees from this client in any one-second
-            window, shared by its threads; ``None`` disables it. ``"auto"`` (default) uses
-            :data:`DOCUMENTED_RATE` (20/s) for a remote API and no limit for a loopback one (the fake server,
-            whose tests must stay fast); pass a number to limit a loopback server too.
+        rate_limit: Most requests the API host (attachments included) sees from this process's copy of the
+            client in any one-second window (for ``rate_limit >= 1``), shared by its threads; ``None`` disables
+            it. ``"auto"`` (default) uses :data:`DOCUMENTED_RATE` (20/s) for a remote API and no limit for a
+            loopback one (the fake server, whose tests must stay fast); pass a number to limit a loopback server
+            too. Each process (DataLoader worker, rank) has its own bucket.
         breaker_threshold: Requests in a row to one host that got no response (refused, reset, timed out)
             after which requests to that host fail at once with :class:`HostUnreachableError`; 0 disables it.
         breaker_cooldown: Seconds the breaker stays open before one request probes the host again.
@@ -691,7 +692,8 @@ class PlaymentClient:
                     raise DownloadError(f"file exceeds the {cap}-byte cap", url=url)
                 parts.append(chunk)
                 self._check_deadline(started, max(received, expected or 0), received)
-            if decoder is not None:
+            if decoder is not None and received:
+                # (An empty body with a Content-Encoding, as S3 serves an empty object stored with one, is empty.)
                 decoder.finish()
         except _Transient as failure:
             failure.from_api = from_api
