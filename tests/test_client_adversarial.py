@@ -308,6 +308,13 @@ def test_bad_encodings_are_download_errors(scripted: Scripted, coding: str, body
         client.download(f"{scripted.url}/direct/x")
 
 
+def test_an_empty_body_with_a_content_encoding_is_empty(scripted: Scripted) -> None:
+    # S3 serves an empty object stored with Content-Encoding: gzip as 0 bytes with that header.
+    scripted.script["/direct/empty"] = raw(b"", headers={"Content-Encoding": "gzip", "Content-Length": "0"})
+    with PlaymentClient(KEY, base_url=scripted.url, retry=FAST) as client:
+        assert client.download(f"{scripted.url}/direct/empty") == b""
+
+
 def test_only_decodable_encodings_are_advertised(scripted: Scripted) -> None:
     seen: list[str | None] = []
 

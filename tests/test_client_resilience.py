@@ -255,6 +255,7 @@ def test_without_the_limiter_32_threads_get_429s(limited: tuple[FakePlaymentServ
         errors = _burst(client, urls)
     assert [r for r in fake.requests if r.status == 429]
     assert errors and all(isinstance(e, RateLimitError) for e in errors)
+    assert {(e.status_code, e.code) for e in errors} == {(429, "rate_limit")}  # type: ignore[attr-defined]
 
 
 def test_the_limiter_covers_only_the_api_host(limited: tuple[FakePlaymentServer, list[str]]) -> None:
