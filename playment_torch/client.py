@@ -380,7 +380,7 @@ _PICKLE_DEFAULTS: dict[str, Any] = {
     "min_download_rate": 256.0 * 1024,
     "rate_limit": None,
     "breaker_threshold": 5,
-    "breaker_cooldown": 30.0,
+    "breaker_cooldown": 10.0,
 }
 
 
@@ -423,7 +423,9 @@ class PlaymentClient:
             too. Each process (DataLoader worker, rank) has its own bucket.
         breaker_threshold: Requests in a row to one host that got no response (refused, reset, timed out)
             after which requests to that host fail at once with :class:`HostUnreachableError`; 0 disables it.
-        breaker_cooldown: Seconds the breaker stays open before one request probes the host again.
+        breaker_cooldown: Seconds the breaker stays open before one request probes the host again. Short, so
+            a blip (a load balancer resetting every connection at once) costs seconds of failed requests, while
+            a dead host keeps failing fast: each probe fails and opens the breaker again.
 
     Raises:
         ConfigError: no API key, an unsafe or malformed base URL, or an option out of range.
@@ -445,7 +447,7 @@ class PlaymentClient:
         min_download_rate: float = 256 * 1024,
         rate_limit: float | Literal["auto"] | None = "auto",
         breaker_threshold: int = 5,
-        breaker_cooldown: float = 30.0,
+        breaker_cooldown: float = 10.0,
     ) -> None:
         self._key_from_env = api_key is None
         self._api_key: str | None = _clean_key(api_key if api_key is not None else os.environ.get(API_KEY_ENV))
