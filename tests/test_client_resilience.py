@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pickle
 import socket
 import threading
@@ -297,3 +298,30 @@ def test_the_pool_follows_the_concurrency(caplog: pytest.LogCaptureFixture, grow
             assert _burst(client, urls) == []
     discarded = [r for r in caplog.records if "pool is full" in r.getMessage()]
     assert (not discarded) if grow else discarded  # without growing, 28 threads' connections are thrown away
+
+
+def test_a_forked_child_starts_with_its_own_breaker_and_limiter(hangup: HangUp) -> None:
+    # A forked child must not inherit a lock held by a parent thread at the fork, nor the parent's open breaker.
+    client = PlaymentClient(KEY, base_url="http://127.0.0.1:1", retry=NO_RETRY, breaker_threshold=1, rate_limit=5)
+    url = f"{hangup.url}/direct/a.bin"
+    with pytest.raises(DownloadError):
+        client.download(url)
+    with pytest.raises(HostUnreachableError):
+        client.download(url)
+    parent_breaker, parent_bucket = client._breaker, client._bucket
+    pid = os.getpid()
+    child = os.fork()
+    if child == 0:  # the child: exit code 0 only if it connects again with a fresh breaker and limiter
+        ok = False
+        with contextlib.suppress(BaseException):
+            try:
+                client.download(url)
+            except HostUnreachableError:
+                pass
+            except DownloadError:
+                ok = client._breaker is not parent_breaker and client._bucket is not parent_bucket
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.getpid() == pid and os.waitstatus_to_exitcode(status) == 0
+    with pytest.raises(HostUnreachableError):  # the parent's breaker is still open
+        client.download(url)
