@@ -638,7 +638,8 @@ class PlaymentClient:
             headers["x-api-key"] = self._key()
             if self._bucket is not None:
                 self._bucket.acquire()
-        logger.debug("GET %s", redact_url(url))
+        if logger.isEnabledFor(logging.DEBUG):  # redacting costs more than the check, on every request
+            logger.debug("GET %s", redact_url(url))
         try:
             response = session.get(
                 url,
