@@ -90,7 +90,7 @@ def test_the_breaker_opens_fails_fast_probes_and_closes(hangup: HangUp) -> None:
     start = time.monotonic()
     with pytest.raises(HostUnreachableError) as info:
         client.download(url)
-    assert time.monotonic() - start < 0.05
+    assert time.monotonic() - start < 0.5  # no connection attempt (counted above), so no timeout to wait for
     assert hangup.accepted == 3
     host = f"127.0.0.1:{hangup.port}"
     assert info.value.host == host and f"{host} is unreachable: 3 requests in a row got no response" in str(info.value)
@@ -268,7 +268,7 @@ def test_the_limiter_covers_only_the_api_host(limited: tuple[FakePlaymentServer,
     with PlaymentClient(KEY, base_url=fake.url, rate_limit=2, retry=NO_RETRY) as client:
         start = time.monotonic()
         assert _burst(client, direct) == []
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 5.0  # 40 API requests at 2/s would take 20 s
 
 
 def test_default_rate_limit() -> None:
