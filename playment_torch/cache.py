@@ -85,7 +85,7 @@ import diskcache
 import numpy as np
 import numpy.lib.format as npformat
 
-from playment_torch.errors import CacheError, ConfigError, redact_url
+from playment_torch.errors import CacheError, ConfigError, url_identity
 
 _fcntl: ModuleType | None
 try:  # POSIX only; elsewhere get_or_create falls back to per-process (thread) locking.
@@ -353,8 +353,10 @@ def cache_key(
 ) -> str:
     """Build the stable identity of a cached value.
 
-    The URL keeps only ``scheme://host[:port]/path``: query strings carry signatures that change on every
-    request, and user info may carry credentials; neither belongs in a key that must match across epochs.
+    The URL enters as :func:`~playment_torch.errors.url_identity` gives it: the parameters of presigned URLs
+    (S3, GCS, Azure, CloudFront, Playment) change on every request and are dropped, as are user info and the
+    fragment; every other query parameter (``versionId``) names different content and is kept, in a canonical
+    order.
 
     Args:
         kind: What the value is, e.g. ``"points"``, ``"mask"``, ``"result"``.
@@ -362,7 +364,7 @@ def cache_key(
         job_id: The job, if the value belongs to one.
         frame_id: The frame, if any.
         sensor_id: The sensor, if any.
-        url: Where the value was downloaded from; redacted as described above.
+        url: Where the value was downloaded from; reduced to its identity as described above.
 
     Returns:
         ``"kind|project|job|frame|sensor|url"``, with ``%`` and ``|`` inside parts escaped as ``%25``/``%7C``.
@@ -372,7 +374,7 @@ def cache_key(
     """
     if not kind or not project_id:
         raise ConfigError("cache_key needs a non-empty kind and project_id")
-    parts = (kind, project_id, job_id, frame_id, sensor_id, redact_url(url) if url else "")
+    parts = (kind, project_id, job_id, frame_id, sensor_id, url_identity(url) if url else "")
     return "|".join(_key_part(str(part)) for part in parts)
 
 

@@ -5,34 +5,59 @@ Security rules this module enforces (DESIGN.md, decision 7):
 * the ``x-api-key`` header is attached per request, only to requests for the API's own origin; redirects are
   never followed automatically, so a signed URL on another host never sees the key;
 * ``http://`` base URLs are refused unless the host is loopback;
-* the key never appears in a ``repr``, an exception or a log record (URLs are logged without query strings);
+* the key is attached only when two parsers agree the URL is the API's origin: ``urllib.parse`` and the one the
+  HTTP stack connects with (``urllib3.util.parse_url``); URLs with a backslash or whitespace in their authority,
+  or a control character anywhere, are refused before any request (``http://a:1\\@api-host/`` connects to
+  ``a:1`` while ``urllib.parse`` reads ``api-host``);
+* the key never appears in a ``repr``, an exception or a log record: URLs are logged without query strings,
+  server-provided messages are scrubbed of the key and of ``x-api-key: ...`` values, and a logging filter on
+  urllib3's loggers removes the query strings (signatures) of the URLs urllib3 logs at DEBUG;
+* a key read from ``PLAYMENT_API_KEY`` is not pickled (each process reads its own environment);
 * a result can never make the client read a local file: ``file://`` URLs are refused unless a ``local_roots``
   prefix maps them, and mapped paths cannot escape their root.
+
+Reliability rules:
+
+* a body is checked against its ``Content-Length`` as it came over the wire (compressed bytes for
+  ``Content-Encoding: gzip``/``deflate``), and a compressed body must reach its end-of-stream marker; the size
+  cap applies to the decoded size (gzip bombs);
+* every download has an overall deadline besides the per-read timeout (a drip-fed body cannot hold a worker);
+* a host that stops answering opens a circuit breaker shared by the client's threads: further requests to it
+  fail at once with :class:`~playment_torch.errors.HostUnreachableError` for a cool-down;
+* requests to the API host (attachments included) pass a token bucket shared by the client's threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import http.client
 import json
 import logging
+import math
 import os
 import random
+import re
 import threading
 import time
 import urllib.parse
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import requests
 import requests.adapters
+import urllib3.exceptions
+import urllib3.util
 
 from playment_torch.errors import (
     APIError,
     AuthenticationError,
     ConfigError,
     DownloadError,
+    HostUnreachableError,
     JobNotCompletedError,
     NotFoundError,
     PlaymentError,
@@ -43,7 +68,7 @@ from playment_torch.errors import (
 )
 from playment_torch.models import BatchPage, Job, JobResult, JobSummary, Project
 
-__all__ = ["DEFAULT_BASE_URL", "PlaymentClient", "RetryPolicy"]
+__all__ = ["DEFAULT_BASE_URL", "DOCUMENTED_RATE", "PlaymentClient", "RetryPolicy"]
 
 logger = logging.getLogger("playment_torch")
 
@@ -64,6 +89,31 @@ _TRANSIENT_ERRORS = (
     requests.exceptions.ContentDecodingError,
 )
 _RATE_CODES = frozenset({"rate_limit", "rate-limit", "too_many_requests", "rate_limit_exceeded"})
+# Failures while reading a body we already have the headers of: the connection broke, so it is worth a retry.
+_READ_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, requests.RequestException, ValueError)
+# Only the codings we decode ourselves: advertising brotli or zstd would get bodies we do not check.
+_ACCEPT_ENCODING = "gzip, deflate"
+_READ_CHUNK = 1 << 20
+#: Requests per second Playment documents for its API (``rate_limit="auto"`` on a non-loopback host).
+DOCUMENTED_RATE = 20.0
+# Characters that make urllib.parse and urllib3 disagree about where a URL's host ends, or that no URL has.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_AUTHORITY_BAD = re.compile(r"[\\\s]")
+# Scheme and authority as urllib3's URI pattern reads them (the authority ends at \\, /, ? or #).
+_URI_HEAD = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\\/?#]*")
+# ``?query`` in log lines and exception texts: up to whitespace, a quote or a closing bracket.
+_QUERY = re.compile(r"\?[^\s\"'<>)]+")
+# ``x-api-key: value`` / ``api_key=value`` in a server's message.
+_KEYISH = re.compile(r"(?i)\b(x-api-key|api[-_]?key)([\"']?\s*[:=]\s*[\"']?)[^\s\"',;&}]+")
+_MESSAGE_MAX = 300
+_URLLIB3_LOGGERS = (
+    "urllib3",
+    "urllib3.connectionpool",
+    "urllib3.connection",
+    "urllib3.response",
+    "urllib3.poolmanager",
+    "urllib3.util.retry",
+)
 
 
 @dataclass(frozen=True)
@@ -134,11 +184,220 @@ class _Transient(Exception):
     from_api: bool = False  # the API itself failed (else a file host): decides the final exception type
 
 
+class _Breaker:
+    """A circuit breaker per host, shared by a client's threads.
+
+    ``threshold`` requests in a row that got no response at all (refused, reset, timed out) open it for
+    ``cooldown`` seconds: requests to the host then fail at once. After the cool-down one request goes through
+    as a probe (the others keep failing fast); its success closes the breaker, its failure opens it again.
+    Any response, whatever its status, is a success: the host is there.
+    """
+
+    def __init__(self, threshold: int, cooldown: float) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self._lock = threading.Lock()
+        self._failures: dict[str, int] = {}
+        self._open_until: dict[str, float] = {}
+        self._last: dict[str, str] = {}
+
+    def check(self, host: str, origin: str) -> None:
+        """Raise :class:`HostUnreachableError` while the breaker of ``host`` is open."""
+        if self.threshold <= 0:
+            return
+        with self._lock:
+            until = self._open_until.get(host)
+            if until is None:
+                return
+            now = time.monotonic()
+            if now >= until:
+                # Half-open: this request probes the host; the others keep failing fast until it answers.
+                self._open_until[host] = now + self.cooldown
+                return
+            failures, last, remaining = self._failures.get(host, 0), self._last.get(host, "?"), until - now
+        raise HostUnreachableError(
+            f"{host} is unreachable: {failures} requests in a row got no response (last: {last}); "
+            f"failing requests to it at once for the next {remaining:.1f} s",
+            host=host,
+            url=origin,
+        )
+
+    def failure(self, host: str, error: str) -> None:
+        """Count a request to ``host`` that got no response."""
+        if self.threshold <= 0:
+            return
+        with self._lock:
+            failures = self._failures.get(host, 0) + 1
+            self._failures[host] = failures
+            self._last[host] = error
+            if failures < self.threshold:
+                return
+            opening = host not in self._open_until
+            self._open_until[host] = time.monotonic() + self.cooldown
+        if opening:
+            logger.warning(
+                "%s is unreachable (%d requests in a row got no response, last: %s): failing requests to it "
+                "at once for %.0f s",
+                host,
+                failures,
+                error,
+                self.cooldown,
+            )
+
+    def success(self, host: str) -> None:
+        """A response arrived from ``host``: close its breaker."""
+        if self.threshold <= 0 or host not in self._failures:
+            return
+        with self._lock:
+            self._failures.pop(host, None)
+            self._open_until.pop(host, None)
+            self._last.pop(host, None)
+
+
+class _TokenBucket:
+    """A token bucket shared by a client's threads: at most ``rate`` requests in any one-second window.
+
+    The bucket holds ``burst = max(1, rate // 10)`` tokens and refills at ``0.95 * (rate - burst)`` per second
+    (at least half the rate), so a full burst plus a second of refill stays under ``rate``. A request that finds
+    no token reserves the next one and sleeps until it is due, so waiting threads are served in order.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.burst = max(1.0, float(rate // 10))
+        self.refill = 0.95 * max(rate - self.burst, rate / 2)
+        self._lock = threading.Lock()
+        self._tokens = self.burst
+        self._stamp = time.monotonic()
+
+    def acquire(self) -> float:
+        """Take a token, sleeping until one is due; returns the seconds slept."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.refill)
+            self._stamp = now
+            self._tokens -= 1.0
+            wait = -self._tokens / self.refill if self._tokens < 0 else 0.0
+        if wait > 0:
+            time.sleep(wait)
+        return wait
+
+
+class _Decoder:
+    """Incremental gzip/deflate decoding that knows whether the stream reached its end.
+
+    urllib3's own decoding returns whatever a truncated stream decoded to; this one reports it.
+    """
+
+    def __init__(self, coding: str) -> None:
+        self.coding = coding
+        self._gzip = coding != "deflate"
+        self._fresh = True
+        self._obj = self._new()
+
+    def _new(self) -> Any:
+        return zlib.decompressobj(zlib.MAX_WBITS | 16 if self._gzip else zlib.MAX_WBITS)
+
+    @staticmethod
+    def for_encoding(value: str, url: str) -> _Decoder | None:
+        """The decoder of a ``Content-Encoding`` value; ``None`` for identity.
+
+        Raises:
+            DownloadError: a coding this client does not decode (it never advertises one).
+        """
+        codings = [c.strip().lower() for c in value.split(",") if c.strip()]
+        codings = [c for c in codings if c != "identity"]
+        if not codings:
+            return None
+        if len(codings) == 1 and codings[0] in ("gzip", "x-gzip", "deflate"):
+            return _Decoder(codings[0])
+        raise DownloadError(f"unsupported Content-Encoding {value[:40]!r}", url=url)
+
+    def feed(self, data: bytes, limit: int) -> bytes:
+        """Decode ``data``, producing at most ``limit + 1`` bytes (one more tells the caller the cap is passed).
+
+        Raises:
+            _Transient: the stream is corrupt, or has data after its end.
+        """
+        out = []
+        produced = 0
+        while data and produced <= limit:
+            if self._obj.eof:
+                if not self._gzip:
+                    raise _Transient(f"data after the end of the {self.coding} stream")
+                self._obj = self._new()  # gzip allows several members, one after the other
+            try:
+                piece = self._obj.decompress(data, max(1, limit + 1 - produced))
+            except zlib.error as exc:
+                if self._fresh and not self._gzip:
+                    # "deflate" is zlib-wrapped by the standard, raw by some servers: accept both.
+                    self._obj = zlib.decompressobj(-zlib.MAX_WBITS)
+                    self._fresh = False
+                    continue
+                raise _Transient(f"corrupt {self.coding} stream ({exc})") from None
+            self._fresh = False
+            out.append(piece)
+            produced += len(piece)
+            data = self._obj.unused_data if self._obj.eof else self._obj.unconsumed_tail
+        return b"".join(out)
+
+    def finish(self) -> None:
+        """Raise :class:`_Transient` unless the stream reached its end marker (else it was truncated)."""
+        if not self._obj.eof:
+            raise _Transient(f"truncated {self.coding} stream: the body ended before the end of the compressed data")
+
+
+class _RedactQueries(logging.Filter):
+    """Removes query strings (signatures of signed URLs) and key-looking values from urllib3's log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is not ours to fix
+            return True
+        redacted = _redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_REDACT_FILTER = _RedactQueries()
+
+
+def _install_log_redaction() -> None:
+    """Attach the query-string redacting filter to urllib3's loggers (idempotent; once per process is enough).
+
+    urllib3 logs every request line at DEBUG (``GET /signed/...?signature=...``); a signed URL is a credential
+    for its lifetime. Every :class:`PlaymentClient` calls this when it is created or unpickled. The filter stays
+    for the life of the process and redacts the query strings of every URL urllib3 logs, ours or not.
+    """
+    for name in _URLLIB3_LOGGERS:
+        logging.getLogger(name).addFilter(_REDACT_FILTER)  # addFilter ignores a filter already there
+
+
+_PICKLE_DEFAULTS: dict[str, Any] = {
+    "_key_from_env": False,
+    "download_deadline": 60.0,
+    "min_download_rate": 256.0 * 1024,
+    "rate_limit": None,
+    "breaker_threshold": 5,
+    "breaker_cooldown": 10.0,
+}
+
+
 class PlaymentClient:
     """A thread-safe client of the Playment API.
 
+    Pickling: a client pickles without its session, sockets and locks. An explicit ``api_key=`` *is* pickled
+    (DataLoader workers started with ``spawn`` need it), so a saved pickle of a client or dataset holds the key.
+    With ``api_key=None`` the key comes from ``PLAYMENT_API_KEY`` and is left out of the pickle: the unpickled
+    client reads ``PLAYMENT_API_KEY`` in its own process on its first request that needs the key, and raises
+    :class:`~playment_torch.errors.ConfigError` there if it is unset (not when unpickling, so a worker that only
+    reads a warm cache needs no key).
+
+    Rate limit, circuit breaker and connection pool are per process, shared by the threads of that process.
+
     Args:
-        api_key: The API key; ``None`` reads ``PLAYMENT_API_KEY``.
+        api_key: The API key; ``None`` reads ``PLAYMENT_API_KEY`` (and keeps it out of pickles).
         base_url: The API's base URL. ``http://`` is only accepted for loopback hosts (tests, the fake
             server).
         timeout: Seconds for connecting and for each read, on every request.
@@ -149,11 +408,27 @@ class PlaymentClient:
             file.
         attachment_hosts: Host names (exact, ``.suffix`` or ``prefix-``) whose files are Playment-hosted and
             go through ``/v1/attachments``. Non-http schemes (``s3://``, ``gs://``) always do.
-        max_download_bytes: Size cap of one download; larger files fail with :class:`DownloadError`.
+        max_download_bytes: Size cap of one download (of its decoded size when compressed); larger files fail
+            with :class:`DownloadError`.
         pool_size: Connections kept per host, enough for concurrent downloads.
+        download_deadline: Overall seconds one response body may take, at least (``None``: no deadline,
+            only the per-read ``timeout``). The deadline grows with the size: ``max(download_deadline,
+            bytes / min_download_rate)``, with bytes the ``Content-Length`` or, without one, the bytes received
+            so far. Passing it is a retried :class:`DownloadError` (:class:`APIError` for API answers).
+        min_download_rate: Bytes per second a body must average beyond ``download_deadline``.
+        rate_limit: Most requests the API host (attachments included) sees from this process's copy of the
+            client in any one-second window (for ``rate_limit >= 1``), shared by its threads; ``None`` disables
+            it. ``"auto"`` (default) uses :data:`DOCUMENTED_RATE` (20/s) for a remote API and no limit for a
+            loopback one (the fake server, whose tests must stay fast); pass a number to limit a loopback server
+            too. Each process (DataLoader worker, rank) has its own bucket.
+        breaker_threshold: Requests in a row to one host that got no response (refused, reset, timed out)
+            after which requests to that host fail at once with :class:`HostUnreachableError`; 0 disables it.
+        breaker_cooldown: Seconds the breaker stays open before one request probes the host again. Short, so
+            a blip (a load balancer resetting every connection at once) costs seconds of failed requests, while
+            a dead host keeps failing fast: each probe fails and opens the breaker again.
 
     Raises:
-        ConfigError: no API key, or an unsafe or malformed base URL.
+        ConfigError: no API key, an unsafe or malformed base URL, or an option out of range.
     """
 
     def __init__(
@@ -168,15 +443,16 @@ class PlaymentClient:
         attachment_hosts: tuple[str, ...] = DEFAULT_ATTACHMENT_HOSTS,
         max_download_bytes: int = 1 << 30,
         pool_size: int = 64,
+        download_deadline: float | None = 60.0,
+        min_download_rate: float = 256 * 1024,
+        rate_limit: float | Literal["auto"] | None = "auto",
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 10.0,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-        if not key or not key.strip():
-            raise ConfigError(f"no Playment API key: pass api_key= or set {API_KEY_ENV}")
-        key = key.strip()
-        if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
-            # An HTTP header cannot carry it, and the error requests would raise quotes the header value.
-            raise ConfigError("the Playment API key has characters an API key cannot have (whitespace, non-ASCII)")
-        self._api_key = key
+        self._key_from_env = api_key is None
+        self._api_key: str | None = _clean_key(api_key if api_key is not None else os.environ.get(API_KEY_ENV))
+        if _CONTROL.search(base_url) or _AUTHORITY_BAD.search(_authority(base_url)):
+            raise ConfigError("base_url is not a valid URL (a backslash, whitespace or control character)")
         parts = _split(base_url.rstrip("/"), ConfigError("base_url is not a valid URL"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"base_url must be an http(s) URL, got {redact_url(base_url)!r}")
@@ -192,9 +468,28 @@ class PlaymentClient:
         self.attachment_hosts = tuple(attachment_hosts)
         self.max_download_bytes = max_download_bytes
         self.pool_size = pool_size
+        if download_deadline is not None and not download_deadline > 0:
+            raise ConfigError(f"download_deadline must be positive or None, got {download_deadline!r}")
+        if not min_download_rate > 0:
+            raise ConfigError(f"min_download_rate must be positive, got {min_download_rate!r}")
+        self.download_deadline = download_deadline
+        self.min_download_rate = float(min_download_rate)
+        if rate_limit == "auto":
+            rate_limit = None if parts.hostname in _LOOPBACK else DOCUMENTED_RATE
+        if rate_limit is not None and not (isinstance(rate_limit, (int, float)) and math.isfinite(rate_limit)):
+            raise ConfigError(f"rate_limit must be a number of requests per second, 'auto' or None, got {rate_limit!r}")
+        if rate_limit is not None and not rate_limit > 0:
+            raise ConfigError(f"rate_limit must be positive or None, got {rate_limit!r}")
+        self.rate_limit: float | None = None if rate_limit is None else float(rate_limit)
+        if breaker_threshold < 0 or not breaker_cooldown >= 0:
+            raise ConfigError("breaker_threshold and breaker_cooldown must not be negative")
+        self.breaker_threshold = breaker_threshold
+        self.breaker_cooldown = float(breaker_cooldown)
         self._local = threading.Lock()
         self._session: requests.Session | None = None
         self._session_pid = -1
+        self._new_process_state()
+        _install_log_redaction()
 
     # ------------------------------------------------------------------------------------------- plumbing
 
@@ -202,16 +497,60 @@ class PlaymentClient:
         return f"PlaymentClient(base_url={self.base_url!r}, api_key=<hidden>)"
 
     def __getstate__(self) -> dict[str, Any]:
-        # Sessions, sockets and locks stay behind; each process opens its own on first use.
+        # Sessions, sockets and locks stay behind; each process opens its own on first use. A key that came
+        # from the environment stays behind too: the other process reads its own environment.
         state = self.__dict__.copy()
         state["_session"] = None
         state["_session_pid"] = -1
-        del state["_local"]
+        if state.get("_key_from_env"):
+            state["_api_key"] = None
+        for name in ("_local", "_breaker", "_bucket"):
+            state.pop(name, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Pickles made by version 0.1 lack the newer options: give them their defaults.
+        for name, default in _PICKLE_DEFAULTS.items():
+            state.setdefault(name, default)
         self.__dict__.update(state)
         self._local = threading.Lock()
+        self._new_process_state()
+        _install_log_redaction()
+
+    def _new_process_state(self) -> None:
+        """Fresh breaker and rate limiter: they hold locks, and their state belongs to one process."""
+        self._breaker = _Breaker(self.breaker_threshold, self.breaker_cooldown)
+        self._bucket = _TokenBucket(self.rate_limit) if self.rate_limit is not None else None
+
+    def _key(self) -> str:
+        """The API key; read from ``PLAYMENT_API_KEY`` here if this client was unpickled without it.
+
+        Raises:
+            ConfigError: it came from the environment of the pickling process and this one has none.
+        """
+        key = self._api_key
+        if key is None:
+            with self._local:
+                if self._api_key is None:
+                    raw = os.environ.get(API_KEY_ENV)
+                    if not raw or not raw.strip():
+                        raise ConfigError(
+                            f"no Playment API key in this process: the client was pickled without the key it read "
+                            f"from {API_KEY_ENV}; set {API_KEY_ENV} here too"
+                        )
+                    self._api_key = _clean_key(raw)
+                key = self._api_key
+        return key
+
+    def _scrub(self, text: object, limit: int = _MESSAGE_MAX) -> str:
+        """A server-provided text made safe for an exception or log: no key, no key-looking value, bounded."""
+        text = str(text)
+        key = self._api_key
+        if key:
+            for form in {key, urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key)}:
+                text = text.replace(form, "<redacted>")
+        text = _KEYISH.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
+        return text if len(text) <= limit else text[:limit] + "..."
 
     def close(self) -> None:
         """Close the connection pool of this process."""
@@ -234,39 +573,153 @@ class PlaymentClient:
             return session
         with self._local:
             if self._session is None or self._session_pid != pid:
+                if self._session_pid != -1:
+                    # A forked child: the parent's breaker and limiter locks may have been held at the fork.
+                    self._new_process_state()
                 session = requests.Session()
                 # Never let the environment (.netrc) or a redirect add credentials behind our back.
                 session.trust_env = False
-                adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=self.pool_size, max_retries=0)
-                session.mount("http://", adapter)
-                session.mount("https://", adapter)
+                self._mount(session)
                 self._session = session
                 self._session_pid = pid
             return self._session
 
-    def _is_api(self, url: str) -> bool:
-        return _origin(url) == self._api_origin
+    def ensure_pool_size(self, connections: int) -> None:
+        """Keep at least ``connections`` connections per host, for that many concurrent requests.
 
-    def _send(self, url: str, *, params: Mapping[str, str] | None = None, stream: bool = False) -> requests.Response:
-        """One GET, with the key only when the URL is the API's own origin, and never following redirects."""
-        headers = {"Accept": "application/json"} if not stream else {}
-        if self._is_api(url):
-            headers["x-api-key"] = self._api_key
-        logger.debug("GET %s", redact_url(url))
+        With fewer, threads beyond the pool size open a connection per request and throw it away afterwards
+        (urllib3's "Connection pool is full, discarding connection"). ``prefetch`` with more threads than
+        :attr:`pool_size` calls this. Never shrinks the pool; idempotent.
+
+        Args:
+            connections: Concurrent requests the caller is about to make.
+        """
+        with self._local:
+            if connections <= self.pool_size:
+                return
+            self.pool_size = connections
+            if self._session is not None and self._session_pid == os.getpid():
+                # Mount a larger adapter; requests in flight finish on the old one, whose pool is then dropped.
+                self._mount(self._session)
+
+    def _mount(self, session: requests.Session) -> None:
+        adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=self.pool_size, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+
+    def _is_api(self, url: str, stack: tuple[str, str, int | None] | None = None) -> bool:
+        # Both views must agree: urllib.parse's, and urllib3's, which is where the connection really goes.
+        if stack is None:
+            stack = _stack_origin(url)
+        return stack == self._api_origin and _origin(url) == self._api_origin
+
+    def _send(self, url: str, *, params: Mapping[str, str] | None = None, api: bool = False) -> requests.Response:
+        """One streamed GET, with the key only when the URL is the API's own origin, never following redirects.
+
+        Refuses URLs the two parsers could read differently, fails at once while the host's breaker is open,
+        and waits for the rate limiter before requests to the API host.
+
+        Raises:
+            _Transient: no response (connection refused, reset, timed out).
+            DownloadError: the URL is refused before sending.
+            HostUnreachableError: the host's breaker is open.
+            ConfigError: the key is needed and this (unpickled) process has none.
+        """
+        _check_url_text(url)
+        session = self._http()
+        stack = _stack_origin(url)
+        is_api = self._is_api(url, stack)
+        host, origin = _host_label(stack)
+        self._breaker.check(host, origin)
+        headers = {"Accept-Encoding": _ACCEPT_ENCODING}
+        if api:
+            headers["Accept"] = "application/json"
+        if is_api:
+            headers["x-api-key"] = self._key()
+            if self._bucket is not None:
+                self._bucket.acquire()
+        if logger.isEnabledFor(logging.DEBUG):  # redacting costs more than the check, on every request
+            logger.debug("GET %s", redact_url(url))
         try:
-            return self._http().get(
+            response = session.get(
                 url,
                 params=params,
                 headers=headers,
                 timeout=self.timeout,
                 allow_redirects=False,
-                stream=stream,
+                stream=True,
             )
         except _TRANSIENT_ERRORS as exc:
-            raise _Transient(f"{type(exc).__name__} while requesting", cause=exc, from_api=self._is_api(url)) from None
-        except requests.RequestException as exc:
+            _redact_exception(exc)
+            self._breaker.failure(host, type(exc).__name__)
+            raise _Transient(f"{type(exc).__name__} while requesting", cause=exc, from_api=is_api) from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError, ValueError) as exc:
             # An invalid URL or header: retrying cannot help. The message names the type, never a header value.
+            # (urllib3's LocationParseError for a host IDNA cannot encode escapes requests unwrapped.)
             raise DownloadError(f"request refused before sending ({type(exc).__name__})", url=url) from None
+        self._breaker.success(host)
+        return response
+
+    def _read_body(self, response: requests.Response, url: str, *, from_api: bool = False) -> bytes:
+        """Read a streamed body whole: under the size cap and the deadline, checked against its framing.
+
+        The raw (still encoded) bytes are counted against ``Content-Length``; a gzip/deflate body is decoded
+        here, not by urllib3, so a stream that stops before its end marker is a truncation, not a short body.
+
+        Raises:
+            _Transient: the body broke off, is truncated or corrupt, or passed the deadline.
+            DownloadError: the body is over the size cap, or in an unsupported encoding.
+        """
+        headers = response.headers
+        cap = self.max_download_bytes
+        declared = (headers.get("Content-Length") or "").strip()
+        expected = int(declared) if declared.isascii() and declared.isdigit() else None
+        if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+            expected = None  # the chunk framing delimits the body, not Content-Length (RFC 9112, 6.3)
+        decoder = _Decoder.for_encoding(headers.get("Content-Encoding") or "", url)
+        if expected is not None and decoder is None and expected > cap:
+            raise DownloadError(f"file is {expected} bytes, over the {cap}-byte cap", url=url)
+        started = time.monotonic()
+        parts: list[bytes] = []
+        received = size = 0
+        try:
+            while True:
+                chunk = response.raw.read1(_READ_CHUNK, decode_content=False)
+                if not chunk:
+                    break
+                received += len(chunk)
+                if decoder is not None:
+                    chunk = decoder.feed(chunk, cap - size)
+                size += len(chunk)
+                if size > cap:
+                    raise DownloadError(f"file exceeds the {cap}-byte cap", url=url)
+                parts.append(chunk)
+                self._check_deadline(started, max(received, expected or 0), received)
+            if decoder is not None and received:
+                # (An empty body with a Content-Encoding, as S3 serves an empty object stored with one, is empty.)
+                decoder.finish()
+        except _Transient as failure:
+            failure.from_api = from_api
+            raise
+        except _READ_ERRORS as exc:
+            _redact_exception(exc)
+            raise _Transient(
+                f"body interrupted after {received} bytes ({type(exc).__name__})", cause=exc, from_api=from_api
+            ) from None
+        if expected is not None and received != expected:
+            raise _Transient(f"truncated body: {received} of {expected} bytes", from_api=from_api)
+        return b"".join(parts)
+
+    def _check_deadline(self, started: float, volume: int, received: int) -> None:
+        if self.download_deadline is None:
+            return
+        elapsed = time.monotonic() - started
+        limit = max(self.download_deadline, volume / self.min_download_rate)
+        if elapsed > limit:
+            raise _Transient(
+                f"body too slow: {received} bytes in {elapsed:.1f} s, over the {limit:.1f} s deadline "
+                f"(download_deadline={self.download_deadline:g} s, min_download_rate={self.min_download_rate:g} B/s)"
+            )
 
     def _with_retries(self, what: str, url: str, attempt_once: Any) -> Any:
         """Run ``attempt_once()`` until it succeeds, retrying :class:`_Transient` failures by the policy."""
@@ -296,13 +749,11 @@ class PlaymentClient:
         url = self.base_url + path
 
         def attempt() -> Any:
-            response = self._send(url, params=params)
+            response = self._send(url, params=params, api=True)
             with response:
-                body = response.content
-                payload = _json_or_none(body)
-                error = payload.get("error") if isinstance(payload, dict) else None
-                code = error.get("code") if isinstance(error, dict) else None
-                message = error.get("message") if isinstance(error, dict) else None
+                body = self._read_body(response, url, from_api=True)
+                payload = _json_or_none(body, what, url)
+                code, message = self._error_fields(payload)
                 status = response.status_code
                 failed = status >= 400 or (isinstance(payload, dict) and payload.get("success") is False)
                 if not failed and 200 <= status < 300:
@@ -321,9 +772,20 @@ class PlaymentClient:
                         retry_after=response.headers.get("Retry-After"),
                         from_api=True,
                     )
-                raise _api_error(what, url, status, code, message or response.reason or "request failed")
+                raise _api_error(what, url, status, code, message or self._scrub(response.reason or "request failed"))
 
         return self._with_retries(what, url, attempt)
+
+    def _error_fields(self, payload: Any) -> tuple[str | None, str | None]:
+        """Playment's ``{"error": {"code", "message"}}``, scrubbed of the key: they enter exceptions and logs."""
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if not isinstance(error, dict):
+            return None, None
+        code, message = error.get("code"), error.get("message")
+        return (
+            self._scrub(code, 64) if code is not None else None,
+            self._scrub(message) if message is not None else None,
+        )
 
     def get_project(self, project_id: str) -> Project:
         """Fetch a project's name and batches.
@@ -393,6 +855,11 @@ class PlaymentClient:
             raise PlaymentFormatError(
                 f"job {job.job_id}: the result at {redact_url(job.result_url)} is not JSON: {exc}"
             ) from exc
+        except RecursionError:
+            # Raised from deep inside the decoder; chaining it would keep a traceback thousands of frames long.
+            raise PlaymentFormatError(
+                f"job {job.job_id}: the result at {redact_url(job.result_url)} is JSON nested too deeply to decode"
+            ) from None
 
     def get_result(self, job: Job) -> JobResult:
         """Download and parse a completed job's result object.
@@ -414,7 +881,10 @@ class PlaymentClient:
 
     def is_playment_hosted(self, url: str) -> bool:
         """Whether ``url`` is private to Playment (or not http): it goes through ``/v1/attachments``."""
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError:  # malformed: the attachments endpoint decides, and the key stays on the API host
+            return True
         if parts.scheme not in ("http", "https"):
             return True
         host = (parts.hostname or "").lower()
@@ -452,6 +922,7 @@ class PlaymentClient:
             raise DownloadError("empty URL")
         url = url.strip()
         local = self._local_path(url)
+        _check_url_text(url)
         if local is not None:
             return self._read_local(url, local)
         scheme = _split(url, DownloadError("malformed URL", url=url)).scheme.lower()
@@ -482,17 +953,18 @@ class PlaymentClient:
     def _sign(self, url: str) -> str:
         """Exchange a Playment-hosted URL for a signed one via ``/v1/attachments`` (one attempt)."""
         endpoint = self.base_url + "/v1/attachments"
-        response = self._send(endpoint, params={"url": url})
+        response = self._send(endpoint, params={"url": url}, api=True)
         with response:
             status = response.status_code
             location = response.headers.get("Location")
             if 300 <= status < 400 and location:
                 # Resolved against the endpoint, so a relative Location stays on the API host.
-                return urllib.parse.urljoin(endpoint, location)
-            payload = _json_or_none(response.content)
-            error = payload.get("error") if isinstance(payload, dict) else None
-            code = error.get("code") if isinstance(error, dict) else None
-            message = error.get("message") if isinstance(error, dict) else None
+                try:
+                    return urllib.parse.urljoin(endpoint, location)
+                except ValueError:
+                    raise DownloadError("the attachments endpoint redirected to a malformed URL", url=url) from None
+            payload = _json_or_none(self._read_body(response, endpoint, from_api=True), "attachments", endpoint)
+            code, message = self._error_fields(payload)
             if 200 <= status < 300:
                 # Some deployments answer with the signed URL in the body instead of a redirect.
                 data = payload.get("data") if isinstance(payload, dict) else None
@@ -518,10 +990,10 @@ class PlaymentClient:
             signed: Whether it is a signed URL, where a 403 means "expired, ask again" rather than
                 "forbidden".
         """
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        scheme = _split(url, DownloadError("malformed URL", url=url)).scheme.lower()
         if scheme not in ("http", "https"):
             raise DownloadError(f"refusing to fetch a {scheme or 'scheme-less'} URL", url=url)
-        response = self._send(url, stream=True)
+        response = self._send(url)
         with response:
             status = response.status_code
             if status != 200:
@@ -532,32 +1004,20 @@ class PlaymentClient:
                 if status == 404:
                     raise NotFoundError("file not found", status_code=404, url=url)
                 raise DownloadError(f"HTTP {status} while downloading", url=url)
-            declared = response.headers.get("Content-Length")
-            expected = int(declared) if declared and declared.isdigit() else None
-            if expected is not None and expected > self.max_download_bytes:
-                raise DownloadError(f"file is {expected} bytes, over the {self.max_download_bytes}-byte cap", url=url)
-            chunks = []
-            size = 0
-            try:
-                for chunk in response.iter_content(chunk_size=1 << 20):
-                    size += len(chunk)
-                    if size > self.max_download_bytes:
-                        raise DownloadError(f"file exceeds the {self.max_download_bytes}-byte cap", url=url)
-                    chunks.append(chunk)
-            except requests.RequestException as exc:
-                raise _Transient(f"body interrupted after {size} bytes ({type(exc).__name__})", cause=exc) from None
-            body = b"".join(chunks)
-            encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
-            if expected is not None and not encoded and len(body) != expected:
-                raise _Transient(f"truncated body: {len(body)} of {expected} bytes")
-            return body
+            return self._read_body(response, url)
 
     def _local_path(self, url: str) -> Path | None:
         for prefix, root in sorted(self.local_roots.items(), key=lambda kv: -len(kv[0])):
             if url.startswith(prefix):
                 rest = urllib.parse.unquote(url[len(prefix) :].split("?", 1)[0])
-                base = Path(root).resolve()
-                path = (base / rest.lstrip("/")).resolve()
+                if "\x00" in rest:
+                    # The OS cannot name such a file; pathlib would raise a bare ValueError.
+                    raise DownloadError("mapped URL names a path with a NUL byte", url=url)
+                try:
+                    base = Path(root).resolve()
+                    path = (base / rest.lstrip("/")).resolve()
+                except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+                    raise DownloadError(f"cannot resolve the mapped path ({type(exc).__name__})", url=url) from None
                 if base != path and base not in path.parents:
                     raise DownloadError("mapped path escapes its local root", url=url)
                 return path
@@ -571,6 +1031,8 @@ class PlaymentClient:
             return path.read_bytes()
         except OSError as exc:
             raise DownloadError(f"cannot read local file {path} ({exc.strerror})", url=url) from exc
+        except ValueError as exc:
+            raise DownloadError(f"cannot read local file ({exc})", url=url) from None
 
     # ------------------------------------------------------------------------------------------- creating work
     # Used by ``playment_torch.relabel``. A POST is not idempotent: it is retried only when the request was
@@ -769,7 +1231,7 @@ def _split(url: str, error: PlaymentError) -> urllib.parse.SplitResult:
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
-    """``(scheme, host, port)``; a malformed URL has no origin, so it can never match the API's."""
+    """``(scheme, host, port)`` as ``urllib.parse`` reads them; a malformed URL has no origin."""
     try:
         parts = urllib.parse.urlsplit(url)
         scheme = parts.scheme.lower()
@@ -777,6 +1239,87 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     except ValueError:
         return "", "", None
     return scheme, (parts.hostname or "").lower(), port
+
+
+def _stack_origin(url: str) -> tuple[str, str, int | None]:
+    """``(scheme, host, port)`` as urllib3 reads them, which is where requests connects; ``("", "", None)`` if
+    it cannot parse the URL."""
+    # Only "scheme://authority" is parsed: urllib3 ends the authority where this pattern does (its own URI
+    # pattern), and parsing the rest (percent-encoding a long signed query) costs ~100 us per request.
+    head = _URI_HEAD.match(url)
+    try:
+        parts = urllib3.util.parse_url(head.group(0) if head else url)
+    except (urllib3.exceptions.HTTPError, ValueError):
+        return "", "", None
+    scheme = (parts.scheme or "").lower()
+    host = (parts.host or "").lower().strip("[]")
+    return scheme, host, parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+def _host_label(stack: tuple[str, str, int | None]) -> tuple[str, str]:
+    """``("host:port", "scheme://host:port")`` of a :func:`_stack_origin` (the breaker's key and message)."""
+    scheme, host, port = stack
+    label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return label, f"{scheme}://{label}"
+
+
+def _authority(url: str) -> str:
+    """The text between ``//`` and the first ``/``, ``?`` or ``#`` (``urllib.parse``'s netloc), unparsed."""
+    _, sep, rest = url.partition("//")
+    if not sep:
+        return ""
+    return re.split(r"[/?#]", rest, maxsplit=1)[0]
+
+
+def _check_url_text(url: str) -> None:
+    """Refuse a URL whose host two parsers could read differently, or that no valid URL looks like.
+
+    A backslash or whitespace in the authority (``http://a:1\\@api/``) ends the host for urllib3 but not for
+    ``urllib.parse``; control characters (a NUL, CR/LF) have no place anywhere in a URL.
+
+    Raises:
+        DownloadError: such a URL (named without its query).
+    """
+    if _CONTROL.search(url):
+        raise DownloadError("refusing a URL with a control character", url=_CONTROL.sub("?", url))
+    if _AUTHORITY_BAD.search(_authority(url)):
+        raise DownloadError("refusing a URL with a backslash or whitespace in its host part", url=url)
+
+
+def _clean_key(key: str | None) -> str:
+    """Validate an API key.
+
+    Raises:
+        ConfigError: none, or characters an HTTP header cannot carry (the message never quotes the key).
+    """
+    if not key or not key.strip():
+        raise ConfigError(f"no Playment API key: pass api_key= or set {API_KEY_ENV}")
+    key = key.strip()
+    if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+        # An HTTP header cannot carry it, and the error requests would raise quotes the header value.
+        raise ConfigError("the Playment API key has characters an API key cannot have (whitespace, non-ASCII)")
+    return key
+
+
+def _redact_text(text: str) -> str:
+    """``text`` with every ``?query`` and ``x-api-key: value`` replaced by ``<redacted>``."""
+    text = _QUERY.sub("?<redacted>", text)
+    return _KEYISH.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
+
+
+def _redact_exception(exc: BaseException) -> None:
+    """Strip query strings from the texts of a requests/urllib3 exception and its chain, in place.
+
+    They quote the request URL (``Max retries exceeded with url: /signed/x?signature=...``), and they end up
+    chained under our errors.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        with contextlib.suppress(Exception):  # an exception type with read-only args: leave it
+            current.args = tuple(_redact_text(str(a)) if not isinstance(a, (int, float)) else a for a in current.args)
+        current = current.__cause__ or current.__context__
 
 
 def _quote(value: str) -> str:
@@ -788,11 +1331,20 @@ def _check_id(name: str, value: str) -> None:
         raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
 
 
-def _json_or_none(body: bytes) -> Any:
+def _json_or_none(body: bytes, what: str, url: str) -> Any:
+    """Decoded JSON, or ``None`` when ``body`` is empty or not JSON.
+
+    Raises:
+        PlaymentFormatError: JSON nested too deeply for Python's decoder (a ``RecursionError`` otherwise).
+    """
     try:
         return json.loads(body) if body else None
     except (ValueError, UnicodeDecodeError):
         return None
+    except RecursionError:
+        raise PlaymentFormatError(
+            f"{what}: the API answered with JSON nested too deeply to decode (url {redact_url(url)})"
+        ) from None
 
 
 def _is_permanent(code: str | None) -> bool:

@@ -8,7 +8,8 @@ The hierarchy::
     │   ├── AuthenticationError        401/403 from the API, or Playment's auth-failure / unauthorized codes
     │   ├── NotFoundError              404, or Playment's FS_0006
     │   ├── RateLimitError             429 after the last retry
-    │   └── ServerError                5xx, or Playment's "try later" codes, after the last retry
+    │   ├── ServerError                5xx, or Playment's "try later" codes, after the last retry
+    │   └── HostUnreachableError       a host keeps refusing connections: failing fast for a while (.host)
     ├── JobNotCompletedError           a job has no result yet (.job_id, .status)
     ├── DownloadError                  a file could not be fetched intact (.url, .attempts)
     ├── CacheError                     the disk cache is unusable, or ``refresh="never"`` lacks entries
@@ -16,7 +17,9 @@ The hierarchy::
     └── PlaymentFormatError            bytes or JSON that do not decode (also a ``ValueError``)
 
 Every message names what it concerns (job, frame, URL without its query string, byte offset) and never the
-API key. URLs are stripped of their query strings by :func:`redact_url` before they enter an exception.
+API key. URLs are stripped of their query strings by :func:`redact_url` before they enter an exception;
+:func:`url_identity` is the other view of a URL, for cache keys: it keeps the query parameters that name content
+(``versionId``) and drops only those that sign the request.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "ConfigError",
     "DownloadError",
     "FrameError",
+    "HostUnreachableError",
     "JobNotCompletedError",
     "NotFoundError",
     "PlaymentError",
@@ -38,7 +42,35 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "redact_url",
+    "url_identity",
 ]
+
+# Query parameters that sign or authorise a URL rather than name its content, lower-cased. They change on every
+# signing, so a cache key that kept them would never match twice.
+_SIGNATURE_PARAMS = frozenset(
+    {
+        # S3 query-string auth, SigV2 (SigV4's are the X-Amz-* prefix below)
+        "awsaccesskeyid",
+        "signature",
+        "expires",
+        # Google Cloud Storage V2 (V4's are the X-Goog-* prefix below)
+        "googleaccessid",
+        # CloudFront signed URLs
+        "policy",
+        "key-pair-id",
+        # Playment's signed URLs and FakePlaymentServer's: expires + signature, covered above
+    }
+)
+_SIGNATURE_PREFIXES = ("x-amz-", "x-goog-")
+# Azure SAS parameters. Their names are short and common words (``sp``, ``st``, ``se``), so they are dropped only
+# from URLs that carry a SAS signature (``sig``), never from a user's own URL that happens to use ``st=``.
+_AZURE_SAS_PARAMS = frozenset(
+    {
+        "sv", "ss", "srt", "sp", "se", "st", "spr", "sig", "si", "sr", "sip", "sdd", "ses",
+        "skoid", "sktid", "skt", "ske", "sks", "skv", "skdutid", "saoid", "suoid", "scid", "sduoid",
+        "rscc", "rscd", "rsce", "rscl", "rsct",
+    }
+)  # fmt: skip
 
 
 def redact_url(url: str) -> str:
@@ -64,6 +96,53 @@ def redact_url(url: str) -> str:
     if not parts.scheme:
         return url.split("?", 1)[0].split("#", 1)[0]
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def url_identity(url: str) -> str:
+    """Return the identity of the content ``url`` names: the URL without its *signature* parameters.
+
+    A signed URL changes on every request while its content does not, and a user's own
+    ``scan.pcd?versionId=2`` names different content than ``?versionId=1``: so only the parameters of known
+    signing schemes are dropped, compared case-insensitively, and every other parameter is kept, sorted into a
+    canonical order. Dropped: S3 presigning (SigV4 ``X-Amz-*`` including ``X-Amz-Security-Token``; SigV2
+    ``AWSAccessKeyId``, ``Signature``, ``Expires``), Google Cloud Storage (``X-Goog-*``, ``GoogleAccessId``,
+    ``Signature``, ``Expires``), CloudFront (``Policy``, ``Signature``, ``Key-Pair-Id``), Playment's own
+    (``expires``, ``signature``) and, in URLs that carry a SAS signature ``sig``, Azure's SAS parameters
+    (``sv``, ``se``, ``sp``, ``sig``, ...). User info (credentials) and the fragment are dropped too; scheme
+    and host are lower-cased.
+
+    Args:
+        url: Any URL or plain string.
+
+    Returns:
+        ``scheme://host[:port]/path[?kept=params]``; a string that does not parse as a URL is returned as
+        :func:`redact_url` returns it.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return redact_url(url)
+    if not parts.scheme:
+        return redact_url(url)
+    netloc = (parts.hostname or "").lower()
+    if ":" in netloc:  # an IPv6 literal keeps its brackets
+        netloc = f"[{netloc}]"
+    if port is not None:
+        netloc = f"{netloc}:{port}"
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    azure = any(name.lower() == "sig" for name, _ in pairs)
+    kept = sorted(
+        (name, value)
+        for name, value in pairs
+        if not (
+            name.lower() in _SIGNATURE_PARAMS
+            or name.lower().startswith(_SIGNATURE_PREFIXES)
+            or (azure and name.lower() in _AZURE_SAS_PARAMS)
+        )
+    )
+    query = urllib.parse.urlencode(kept, quote_via=urllib.parse.quote)
+    return urllib.parse.urlunsplit((parts.scheme.lower(), netloc, parts.path, query, ""))
 
 
 class PlaymentError(Exception):
@@ -123,6 +202,23 @@ class RateLimitError(APIError):
 
 class ServerError(APIError):
     """The API kept failing on its side (5xx or a "try later" code) through every retry."""
+
+
+class HostUnreachableError(APIError):
+    """A host kept failing without answering (connections refused, reset or timing out), so the client stops
+    sending it requests for a cool-down and fails them at once with this error.
+
+    It is raised for the host that failed: for a Playment-hosted file that is the API host (its attachments
+    endpoint), not the storage URL behind it. ``status_code`` is ``None`` (no response arrived).
+
+    Attributes:
+        host: ``host:port`` of the unreachable host.
+    """
+
+    def __init__(self, message: str, *, host: str = "", url: str | None = None, attempts: int = 1) -> None:
+        # Constructible from a message alone, so pickling and DataLoader's re-raise keep the type.
+        self.host = host
+        super().__init__(message, url=url, attempts=attempts)
 
 
 class JobNotCompletedError(PlaymentError):

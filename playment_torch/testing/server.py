@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -339,6 +340,11 @@ class FakePlaymentServer:
         page_size: Jobs per page of the batch listing.
         signed_url_ttl: Seconds a signed URL stays valid (settable; 0 or negative hands out expired URLs).
         latency: Seconds added before answering every request (settable).
+        rate_limit: Most API requests answered in any one-second window (settable; ``None``, the default, is
+            no limit). Beyond it the API answers 429 with ``Retry-After: 1`` and code ``rate_limit``, as a
+            rate-limited service would; refused requests do not count.
+        echo_key_in_errors: When true (settable), every API error message repeats the ``x-api-key`` the request
+            carried, as a careless service might: for tests that the key never reaches an exception.
         storage_host: The host name of :attr:`storage_url`.
     """
 
@@ -378,6 +384,9 @@ class FakePlaymentServer:
         self.storage_host = storage_host
         self.port = port
         self.latency = 0.0
+        self.rate_limit: float | None = None
+        self.echo_key_in_errors = False
+        self._admitted: collections.deque[float] = collections.deque()
         self._secret = secrets.token_bytes(32)
         self._lock = threading.Lock()
         self._batches: dict[str, _Batch] = {}
@@ -882,6 +891,9 @@ class FakePlaymentServer:
         try:
             if fault is not None and fault.status is not None:
                 response = self._fault_response(fault)
+            elif kind == "api" and self._over_rate(arrived):
+                response = _error(429, "rate_limit", f"rate limit of {self.rate_limit:g} requests per second exceeded")
+                response.headers.append(("Retry-After", "1"))
             elif route == "direct":
                 response = self._direct(handler.command, params[0])
             elif kind == "storage":
@@ -891,6 +903,8 @@ class FakePlaymentServer:
         except Exception as exc:
             # Any bug must become a 500 with an error body, never a traceback or a dead server thread.
             response = _error(500, "api_error", f"internal error in the fake server: {type(exc).__name__}")
+        if self.echo_key_in_errors and kind == "api" and response.status >= 400:
+            response = self._echo_key(response, handler.headers.get("x-api-key"))
         if fault is not None and fault.retry_after is not None:
             retry_after = fault.retry_after
             if isinstance(retry_after, float) and retry_after.is_integer():
@@ -902,6 +916,31 @@ class FakePlaymentServer:
             self._send(handler, response, fault)
         except OSError:
             handler.close_connection = True
+
+    def _over_rate(self, arrived: float) -> bool:
+        """Whether an API request arriving at ``arrived`` passes :attr:`rate_limit` (else it is admitted)."""
+        limit = self.rate_limit
+        if limit is None:
+            return False
+        with self._lock:
+            while self._admitted and self._admitted[0] <= arrived - 1.0:
+                self._admitted.popleft()
+            if len(self._admitted) >= limit:
+                return True
+            self._admitted.append(arrived)
+            return False
+
+    @staticmethod
+    def _echo_key(response: _Response, key: str | None) -> _Response:
+        """The error response with the request's key in its message (see ``echo_key_in_errors``)."""
+        try:
+            error = json.loads(response.body)["error"]
+            code, message = str(error["code"]), str(error["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = "error", f"HTTP {response.status}"
+        echoed = _error(response.status, code, f"{message} (request had x-api-key: {key}; key {key!r})")
+        echoed.headers = response.headers
+        return echoed
 
     @staticmethod
     def _drain_request_body(handler: _Handler) -> bool:
