@@ -258,7 +258,14 @@ def _prefetch(args: argparse.Namespace) -> None:
 
 
 def _job_problems(args: argparse.Namespace, dataset: Any, report: Any) -> list[str]:
-    """One line per job that was asked for and is not all in the cache now."""
+    """One line per job that was asked for and is not all in the cache now (one line in all for a dead host)."""
+    if report.unreachable_hosts:
+        hosts = ", ".join(report.unreachable_hosts)
+        jobs = len(report.failures_by_job())
+        return [
+            f"failed: {len(report.failures)} frames of {jobs} jobs: {hosts} stopped answering (connections "
+            "refused, reset or timing out); rerun when it is back: what is cached stays"
+        ]
     lines = [f"failed: job {job_id}: {_one_line(reason)}" for job_id, reason in sorted(dataset.failed_jobs.items())]
     named = set(args.job or ())
     for job_id, status in sorted(dataset.pending_jobs.items()):

@@ -1138,10 +1138,12 @@ class PlaymentClient:
             PlaymentFormatError: a 2xx answer that is not JSON (the request may have been applied).
         """
         url = self.base_url + path
+        _check_url_text(url)
         data = json.dumps(body).encode()
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        if self._is_api(url):
-            headers["x-api-key"] = self._api_key
+        is_api = self._is_api(url)
+        if is_api:
+            headers["x-api-key"] = self._key()
         attempts = 0
         while True:
             attempts += 1
@@ -1149,6 +1151,8 @@ class PlaymentClient:
             status: int | None = None
             code: str | None = None
             message: str | None = None
+            if is_api and self._bucket is not None:
+                self._bucket.acquire()  # POSTs count against Playment's rate like every other API request
             logger.debug("POST %s", redact_url(url))
             try:
                 response = self._http().post(
@@ -1172,10 +1176,13 @@ class PlaymentClient:
             else:
                 with response:
                     status = response.status_code
-                    payload = _json_or_none(response.content)
+                    payload = _json_or_none(response.content, what, url)
                     error = payload.get("error") if isinstance(payload, dict) else None
-                    code = error.get("code") if isinstance(error, dict) else None
-                    message = error.get("message") if isinstance(error, dict) else None
+                    raw_code = error.get("code") if isinstance(error, dict) else None
+                    raw_message = error.get("message") if isinstance(error, dict) else None
+                    # The server's words enter our errors and logs only scrubbed of the key.
+                    code = self._scrub(raw_code, 64) if raw_code is not None else None
+                    message = self._scrub(raw_message) if raw_message is not None else None
                     failed = status >= 400 or (isinstance(payload, dict) and payload.get("success") is False)
                     if 200 <= status < 300 and not failed:
                         if payload is None:
@@ -1188,7 +1195,8 @@ class PlaymentClient:
                         raise APIError(f"{what}: unexpected redirect", status_code=status, url=url)
                     not_applied = status in (408, 429, 503) or code in _RATE_CODES
                     if not not_applied or attempts > self.retry.max_retries:
-                        raise _api_error(what, url, status, code, message or response.reason or "failed", attempts)
+                        reason = message or self._scrub(response.reason or "failed")
+                        raise _api_error(what, url, status, code, reason, attempts)
                     retry_after = response.headers.get("Retry-After")
             pause = self.retry.delay(attempts - 1, retry_after)
             logger.info(

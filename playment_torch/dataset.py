@@ -54,6 +54,7 @@ from playment_torch.client import PlaymentClient
 from playment_torch.errors import (
     CacheError,
     ConfigError,
+    HostUnreachableError,
     JobNotCompletedError,
     PlaymentError,
 )
@@ -146,6 +147,8 @@ class PrefetchReport:
         failures: ``(job_id, frame_id, reason)`` of frames that failed, sorted; ``reason`` does not repeat the
             job and frame.
         failed: Positions (dataset indices) of the frames that failed.
+        unreachable_hosts: Hosts the client gave up on (``HostUnreachableError``): when a server is gone, every
+            remaining frame fails at once for that one reason, which callers should report once.
         first_error: The first failure's exception (the others are kept as messages only, so that a large
             project failing systematically does not hold every download's traceback and body).
     """
@@ -156,6 +159,7 @@ class PrefetchReport:
     seconds: float = 0.0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    unreachable_hosts: list[str] = field(default_factory=list)
     first_error: PlaymentError | None = field(default=None, repr=False)
 
     @property
@@ -521,6 +525,8 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         report = PrefetchReport(frames=len(self))
         downloaded = np.zeros(len(self), dtype=bool)
         lock = threading.Lock()
+        if self._client is not None or self.refresh != "never":
+            self.client.ensure_pool_size(num_threads)  # a connection per thread, none thrown away
 
         def load(position: int) -> None:
             try:
@@ -534,6 +540,9 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
                     )
                     if report.first_error is None:
                         report.first_error = exc
+                    host = _unreachable_host(exc)
+                    if host and host not in report.unreachable_hosts:
+                        report.unreachable_hosts.append(host)
                 # Only the first exception is kept: a traceback holds its frames' locals, download bodies included.
                 del exc
 
@@ -727,6 +736,18 @@ class _FrameSequence(Sequence[FrameRef]):
 def _choose(name: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def _unreachable_host(exc: BaseException) -> str:
+    """The host of a :class:`HostUnreachableError` in an error's cause chain, "" if there is none."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return ""
+        if isinstance(seen, HostUnreachableError):
+            return seen.host or "the API host"
+        seen = seen.__cause__
+    return ""
 
 
 def _reason(exc: BaseException, where: str) -> str:
