@@ -156,3 +156,41 @@ def test_inspect_lists_frames_with_non_finite_points(server, project, tmp_path, 
     expected = f"non-finite points (NaN/inf coordinates, kept): 3 in 1 frames: job {job.job_id}, frame 1 (3)"
     assert expected in captured.out
     assert "playment-torch: warning: " in captured.err and "3 of" in captured.err
+
+
+def test_a_server_that_dies_mid_prefetch_ends_it_quickly_with_one_line(tmp_path):
+    argv = ["serve", "--jobs", "4", "--frames", "6", "--points", "10000", "--seed", "9", "--json", "--latency", "0.1"]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "playment_torch.cli", *argv],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert server.stdout is not None
+    details = json.loads(server.stdout.readline())
+    command = ["prefetch", "--project", details["project_id"], "--base-url", details["url"], "--threads", "4"]
+    prefetch = subprocess.Popen(
+        [sys.executable, "-m", "playment_torch.cli", *command, "--cache-dir", str(tmp_path), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PLAYMENT_API_KEY": details["api_key"]},
+    )
+    try:
+        # Let resolution finish and downloads start, then the server dies.
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.rglob("*.val")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.kill()
+        died = time.monotonic()
+        out, err = prefetch.communicate(timeout=120)
+        gave_up = time.monotonic() - died
+    finally:
+        server.kill()
+        prefetch.kill()
+    assert prefetch.returncode == 1, out + err
+    print(f"gave up {gave_up:.1f}s after the server died")
+    assert gave_up < 30, f"took {gave_up:.1f}s after the server died"
+    host = details["url"].removeprefix("http://")
+    failed = [line for line in out.splitlines() if "failed:" in line]
+    assert len(failed) == 1 and f"{host} stopped answering" in failed[0], out
