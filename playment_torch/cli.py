@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--points", type=int, default=20_000, help="points per frame (default 20000)")
     demo.add_argument("--cache-dir", help="cache folder (default: a temporary one)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--pictures", default=".", help="folder for demo-frame.png and demo-confusion.png (default .)")
+    demo.add_argument("--no-pictures", action="store_true", help="draw no pictures")
 
     def selection(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--project", required=True, help="Playment project id")
@@ -240,6 +242,7 @@ def _demo(args: argparse.Namespace) -> None:
         cache_dir=args.cache_dir,
         seed=args.seed,
         progress=_progress(args),
+        pictures=None if args.no_pictures else args.pictures,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -64,7 +64,7 @@ def features(batch: Batch) -> torch.Tensor:
 
 @dataclass
 class DemoResult:
-    """What the demo measured."""
+    """What the demo measured, and the pictures it drew (empty paths without Pillow)."""
 
     losses: list[float]
     miou: float
@@ -73,6 +73,7 @@ class DemoResult:
     seconds: float
     train_frames: int
     test_frames: int
+    pictures: list[Path] = field(default_factory=list)
 
 
 def run_demo(
@@ -84,6 +85,7 @@ def run_demo(
     seed: int = 0,
     progress: bool | None = None,
     echo: Callable[[str], None] = print,
+    pictures: str | Path | None = None,
 ) -> DemoResult:
     """Serve a synthetic project locally, load it with the dataset, train, and evaluate on held-out jobs.
 
@@ -95,6 +97,9 @@ def run_demo(
         seed: Seed of the scenes and of training.
         progress: Progress bars (``None``: only on a terminal).
         echo: Where to print.
+        pictures: Folder for ``demo-frame.png`` (a held-out frame: truth | prediction | disagreement) and
+            ``demo-confusion.png``; ``None`` draws none. Without Pillow (the ``viz`` extra) the demo says so and
+            draws none.
 
     Returns:
         Loss per epoch, mIoU, accuracy and the per-class table.
@@ -179,6 +184,7 @@ def run_demo(
         table = metrics.table()
         echo(f"held-out jobs ({len(test)} frames):")
         echo(table)
+        drawn = _draw(model, test, metrics, classes, pictures, echo) if pictures is not None else []
         result = DemoResult(
             losses=losses,
             miou=metrics.miou(),
@@ -187,7 +193,46 @@ def run_demo(
             seconds=time.perf_counter() - started,
             train_frames=len(train),
             test_frames=len(test),
+            pictures=drawn,
         )
         client.close()
     echo(f"mIoU {result.miou:.3f} (chance ~{1 / len(classes):.3f}) in {result.seconds:.1f}s")
     return result
+
+
+def _draw(
+    model: nn.Module,
+    test: PlaymentSegmentationDataset,
+    metrics: SegmentationMetrics,
+    classes: tuple[str, ...],
+    folder: str | Path,
+    echo: Callable[[str], None],
+) -> list[Path]:
+    """Truth | prediction | disagreement of the first held-out frame, and the confusion matrix, as PNGs."""
+    try:
+        from playment_torch.evaluation import render_confusion_matrix
+        from playment_torch.viz import compare_bev
+    except ImportError:
+        return []
+    try:
+        import PIL  # noqa: F401 - the pictures need Pillow (the viz extra)
+    except ImportError:
+        echo("pictures skipped: pip install 'playment-torch[viz]' to draw them")
+        return []
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    sample = test[0]
+    batch = collate_points([sample])
+    with torch.no_grad():
+        predicted = model(features(batch), batch.batch_index, 1).argmax(dim=1)
+    frame = test.frames[0]
+    picture = compare_bev(
+        sample.points, sample.labels, predicted, classes=classes, ignore_index=test.ignore_index,
+        ego_pose=sample.poses[0], extent=30.0, resolution=0.1,
+    )  # fmt: skip
+    frame_path, confusion_path = out / "demo-frame.png", out / "demo-confusion.png"
+    picture.save(frame_path)
+    render_confusion_matrix(metrics.confusion_matrix, classes, confusion_path)
+    echo(f"pictures: {frame_path} (job {frame.job_id}, frame {frame.frame_id}: truth | prediction | disagreement)")
+    echo(f"          {confusion_path} (held-out confusion matrix)")
+    return [frame_path, confusion_path]

@@ -123,8 +123,21 @@ def test_demo_learns_small(tmp_path, capsys):
 
     lines: list[str] = []
     result = run_demo(
-        epochs=4, frames=12, points_per_frame=10_000, cache_dir=tmp_path, progress=False, echo=lines.append
+        epochs=4,
+        frames=12,
+        points_per_frame=10_000,
+        cache_dir=tmp_path,
+        progress=False,
+        echo=lines.append,
+        pictures=tmp_path / "pictures",
     )
+    from PIL import Image
+
+    assert [p.name for p in result.pictures] == ["demo-frame.png", "demo-confusion.png"]
+    for path in result.pictures:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 300 and image.height > 300
+    assert any(line.startswith("pictures: ") and "demo-frame.png" in line for line in lines)
     assert len(result.losses) == 4 and result.losses[-1] < 0.7 * result.losses[0]
     assert result.accuracy > 0.5 and result.miou > 1.5 / 8, "well above chance (1/8 classes) on held-out jobs"
     assert any(line.startswith("mIoU") for line in lines)
