@@ -71,12 +71,13 @@ def test_python_block_runs(number, api, monkeypatch):
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if " demo" not in c])
-def test_cli_command_runs(command, api, server, capsys):
+def test_cli_command_runs(command, api, server, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # commands that write files (show -o frame.png) write them here
     argv = shlex.split(fill(command, api))[1:]
     if "--offline" in argv or argv[0] in ("verify", "cache"):
         # These read a cache that an earlier command filled.
         assert main(["prefetch", "--project", api["YOUR_PROJECT_ID"], "--base-url", server.url, "--quiet"]) == 0
-    if argv[0] in ("prefetch", "inspect"):
+    if argv[0] in ("prefetch", "inspect", "show", "evaluate", "export"):
         argv += ["--base-url", server.url]
     if argv[0] == "serve":
         argv += ["--duration", "0", "--jobs", "1", "--frames", "1", "--points", "10000"]
