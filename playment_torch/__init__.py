@@ -36,6 +36,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "JobResult": ("playment_torch.models", "JobResult"),
     "JobSummary": ("playment_torch.models", "JobSummary"),
     "LabelEntry": ("playment_torch.models", "LabelEntry"),
+    "NodeAwareSampler": ("playment_torch.sampler", "NodeAwareSampler"),
+    "NodeLayout": ("playment_torch.sampler", "NodeLayout"),
     "NotFoundError": ("playment_torch.errors", "NotFoundError"),
     "PCDHeader": ("playment_torch.formats", "PCDHeader"),
     "PlaymentClient": ("playment_torch.client", "PlaymentClient"),
@@ -53,6 +55,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "SegmentationMetrics": ("playment_torch.metrics", "SegmentationMetrics"),
     "ServerError": ("playment_torch.errors", "ServerError"),
     "collate_points": ("playment_torch.collate", "collate_points"),
+    "export_mds": ("playment_torch.mds", "export_mds"),
+    "mds": ("playment_torch.mds", None),
     "project_points": ("playment_torch.geometry", "project_points"),
     "read_mask": ("playment_torch.formats", "read_mask"),
     "read_pcd": ("playment_torch.formats", "read_pcd"),
@@ -78,6 +82,8 @@ __all__ = [
     "JobResult",
     "JobSummary",
     "LabelEntry",
+    "NodeAwareSampler",
+    "NodeLayout",
     "NotFoundError",
     "PCDHeader",
     "PlaymentClient",
@@ -96,6 +102,8 @@ __all__ = [
     "ServerError",
     "__version__",
     "collate_points",
+    "export_mds",
+    "mds",
     "project_points",
     "read_mask",
     "read_pcd",
@@ -120,7 +128,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from playment_torch import testing
+    from playment_torch import mds, testing
     from playment_torch.cache import ArrayCache
     from playment_torch.client import PlaymentClient, RetryPolicy
     from playment_torch.collate import Batch, collate_points
@@ -142,7 +150,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from playment_torch.formats import PCDHeader, PointCloud, read_mask, read_pcd, write_pcd
     from playment_torch.geometry import Camera, Pose, project_points
     from playment_torch.labels import ClassMap
+    from playment_torch.mds import export_mds
     from playment_torch.metrics import SegmentationMetrics
     from playment_torch.models import Batch as ProjectBatch
     from playment_torch.models import FrameRef, Job, JobResult, JobSummary, LabelEntry, Project
     from playment_torch.sample import Sample
+    from playment_torch.sampler import NodeAwareSampler, NodeLayout

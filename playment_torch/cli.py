@@ -21,6 +21,7 @@ from typing import Any
 
 from playment_torch.cache import ArrayCache, default_cache_dir
 from playment_torch.errors import PlaymentError
+from playment_torch.mds import export_command
 
 __all__ = ["main"]
 
@@ -71,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     cache = commands.add_parser("cache", parents=[common], help="cache info / clear")
     cache.add_argument("action", choices=("info", "clear"))
     cache.add_argument("--cache-dir")
+
+    export = commands.add_parser(
+        "export", parents=[common], help="write the frames as MosaicML Streaming shards (needs the [mds] extra)"
+    )
+    selection(export)
+    export.add_argument("--format", choices=("mds",), default="mds", help="output format (default mds)")
+    export.add_argument("--out", required=True, help="folder or remote (s3://...); '{snapshot}' -> the snapshot id")
+    export.add_argument("--compression", default=None, help="e.g. zstd (default none)")
+    export.add_argument("--fields", default="x,y,z,intensity", help="point fields (default x,y,z,intensity)")
 
     serve = commands.add_parser("serve", parents=[common], help="run the fake Playment server for your own tests")
     serve.add_argument("--jobs", type=int, default=4, help="synthetic jobs (default 4)")
@@ -290,6 +300,7 @@ _COMMANDS = {
     "verify": _verify,
     "cache": _cache,
     "serve": _serve,
+    "export": export_command,
 }
 
 
