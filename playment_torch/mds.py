@@ -216,7 +216,7 @@ def _frame_options(dataset: PlaymentSegmentationDataset) -> dict[str, Any]:
 
 def export_mds(
     dataset: PlaymentSegmentationDataset,
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | tuple[str | os.PathLike[str], str],
     *,
     compression: str | None = None,
     num_workers: int = 8,
@@ -232,8 +232,9 @@ def export_mds(
 
     Args:
         dataset: The dataset to export.
-        out: A local folder (new or empty), a remote Streaming supports (``s3://bucket/path``...), or
-            ``"{snapshot}"`` anywhere in it to be replaced by :func:`snapshot_id`.
+        out: A local folder (new or empty), a remote Streaming supports (``s3://bucket/path``...; shards are
+            staged in a temporary folder and uploaded as they are written), or ``(local, remote)`` to keep the
+            local copy too. ``"{snapshot}"`` anywhere in it is replaced by :func:`snapshot_id`.
         compression: ``None``, ``"zstd"`` (or ``"zstd:<level>"``), ``"gz"``, ``"bz2"``, ``"br"``, ``"snappy"``.
         num_workers: Threads reading (and decoding or downloading) frames while the writer writes.
         size_limit: Shard size in bytes before compression.
@@ -257,13 +258,23 @@ def export_mds(
 
     started = time.perf_counter()
     snapshot = snapshot_id(dataset)
-    target = os.fspath(out).replace("{snapshot}", snapshot)
+    if isinstance(out, tuple):
+        local, remote = (os.fspath(part).replace("{snapshot}", snapshot) for part in out)
+        destination: str | tuple[str, str] = (local, remote)
+        target = remote
+    else:
+        destination = target = os.fspath(out).replace("{snapshot}", snapshot)
     # Read through a copy without the transform: the user's dataset keeps its own.
     source = copy.copy(dataset)
     source.transform = None
     try:
         writer = MDSWriter(
-            out=target, columns=COLUMNS, compression=compression, size_limit=size_limit, progress_bar=False
+            out=destination,
+            columns=COLUMNS,
+            compression=compression,
+            size_limit=size_limit,
+            keep_local=isinstance(out, tuple),
+            progress_bar=False,
         )
     except (FileExistsError, ValueError, OSError) as exc:
         raise ConfigError(f"cannot export to {target}: {exc}") from exc
@@ -378,8 +389,10 @@ def _write_metadata(writer: Any, dataset: PlaymentSegmentationDataset, snapshot:
         "snapshot": snapshot,
     }
     text = json.dumps(metadata, indent=2, sort_keys=True)
-    if writer.remote is None:
+    if writer.remote is None or writer.keep_local:
         _atomic_write(os.path.join(writer.local, METADATA_FILE), text)
+        if writer.remote is not None:
+            writer.cloud_writer.upload_file(METADATA_FILE)
         return
     # The writer removed its local staging folder after uploading; stage the sidecar the same way.
     from streaming.base.storage.upload import CloudUploader

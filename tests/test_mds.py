@@ -211,6 +211,19 @@ def test_snapshot_path_changes_when_a_job_is_relabelled(server, project, dataset
     assert snapshot_id(relabelled) != before
 
 
+def test_export_to_a_remote_uploads_shards_and_metadata_and_the_reader_fetches_both(dataset, tmp_path):
+    # Streaming treats a second local folder as a remote (the same uploader and downloader paths as s3://).
+    staging, remote = tmp_path / "staging", tmp_path / "remote"
+    report = export_mds(dataset, (staging, str(remote)), size_limit=SHARD_BYTES, progress=False)
+    assert report.out == str(remote)
+    for folder in (staging, remote):  # (local, remote): the local copy is kept
+        assert {"index.json", METADATA_FILE} <= {p.name for p in folder.iterdir()}
+        assert len(list(folder.glob("shard.*.mds"))) == report.shards
+    stream = PlaymentStreamingDataset(remote=str(remote), local=str(tmp_path / "node"), batch_size=1)
+    assert (tmp_path / "node" / METADATA_FILE).exists() and stream.classes == dataset.classes
+    assert torch.equal(stream[7].labels, dataset[7].labels)
+
+
 def test_export_refuses_a_folder_in_use_and_writes_no_index_when_a_frame_fails(server, project, tmp_path):
     dataset = pt.PlaymentSegmentationDataset(
         server.project_id, client=fast_client(server), cache_dir=tmp_path / "cold", progress=False
