@@ -16,9 +16,9 @@ from playment_torch.sample import Sample
 
 import_streaming()  # before the import below: see its docstring (torchvision beside a CPU-only torch)
 
-from streaming import StreamingDataset  # noqa: E402
+from streaming import StreamingDataLoader, StreamingDataset  # noqa: E402
 
-__all__ = ["PlaymentStreamingDataset"]
+__all__ = ["PlaymentStreamingDataLoader", "PlaymentStreamingDataset"]
 
 
 class PlaymentStreamingDataset(StreamingDataset):
@@ -95,3 +95,19 @@ def _stream_metadata(stream: Any) -> dict[str, Any]:
     if stream.remote is not None and not os.path.exists(os.path.join(folder, METADATA_FILE)):
         stream._download_file(METADATA_FILE)  # beside index.json, which Streaming fetched the same way
     return read_metadata(folder)
+
+
+class PlaymentStreamingDataLoader(StreamingDataLoader):
+    """Streaming's resumable ``DataLoader``, counting the frames of :class:`~playment_torch.collate.Batch` batches.
+
+    ``streaming.StreamingDataLoader`` counts the samples it has handed out (for ``state_dict``) as
+    ``len(batch[0])``, which a :class:`~playment_torch.collate.Batch` (concatenated points) does not answer;
+    this one counts ``len(batch.offsets) - 1`` frames, and falls back to Streaming's rule for other batches.
+    ``state_dict()`` / ``load_state_dict()`` then resume mid-epoch with exactly the rest of the epoch.
+    """
+
+    def _get_batch_size(self, batch: Any) -> int:
+        offsets = getattr(batch, "offsets", None)
+        if offsets is not None:
+            return len(offsets) - 1
+        return int(super()._get_batch_size(batch))

@@ -470,11 +470,11 @@ def _array(buffer: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def __getattr__(name: str) -> Any:
-    # PlaymentStreamingDataset (not in __all__: it needs the extra) is defined on first use.
-    if name == "PlaymentStreamingDataset":
-        from playment_torch._mds_reader import PlaymentStreamingDataset
+    # The reader's classes (not in __all__: they need the extra) are defined on first use.
+    if name in ("PlaymentStreamingDataLoader", "PlaymentStreamingDataset"):
+        from playment_torch import _mds_reader
 
-        return PlaymentStreamingDataset
+        return getattr(_mds_reader, name)
     raise AttributeError(f"module 'playment_torch.mds' has no attribute {name!r}")
 
 

@@ -31,7 +31,7 @@ try:
 except ConfigError as exc:  # without the [mds] extra (CI installs it)
     pytest.skip(str(exc), allow_module_level=True)
 
-from playment_torch.mds import PlaymentStreamingDataset
+from playment_torch.mds import PlaymentStreamingDataLoader, PlaymentStreamingDataset
 
 POINTS = 10_000
 SHARD_BYTES = 400_000  # ~2 frames a shard: several shards from a small project
@@ -195,6 +195,28 @@ def test_mid_epoch_state_dict_resumes_with_exactly_the_rest_of_the_epoch(export,
     for got, want in zip(again, rest, strict=True):
         assert torch.equal(got.points, want.points) and torch.equal(got.labels, want.labels)
     assert not any(torch.equal(s.points, c.points) for s in again for c in consumed)
+
+
+def test_data_loader_state_dict_resumes_mid_epoch_with_collated_batches(export, tmp_path):
+    out, report = export
+    options = {"remote": str(out), "shuffle": True, "shuffle_seed": 5, "batch_size": 2}
+
+    def loader(local):
+        stream = PlaymentStreamingDataset(local=str(tmp_path / local), **options)
+        return PlaymentStreamingDataLoader(stream, batch_size=2, collate_fn=pt.collate_points)
+
+    first = loader("a")
+    batches = iter(first)
+    head = [next(batches), next(batches)]
+    state = first.state_dict()
+    assert state["sample_in_epoch"] == 4  # frames, not points
+    tail = list(batches)
+    resumed = loader("b")
+    resumed.load_state_dict(state)
+    again = list(resumed)
+    assert len(head) + len(again) == report.frames // 2 == len(head) + len(tail)
+    for got, want in zip(again, tail, strict=True):
+        assert torch.equal(got.points, want.points) and torch.equal(got.offsets, want.offsets)
 
 
 def test_snapshot_path_changes_when_a_job_is_relabelled(server, project, dataset, tmp_path):
