@@ -15,15 +15,18 @@ epochs: 5.9 times). This sampler keeps the randomness where it costs nothing:
    pads its part by repeating its own frames from the start of its shuffled order (so padding downloads nothing
    new); with ``drop_last=True`` it drops the tail of its shuffled order (other frames each epoch).
 
-Where the issue is silent, chosen: the unit is the frame, not the job (nodes stay balanced to one frame; with
-``sweeps > 1`` the earlier frames of a sweep may live on another node and are then downloaded there too); the
-node's rank layout follows torchrun (``rank = node_rank * local_world_size + local_rank``).
+Where the issue is silent, chosen: by default the unit of the split between nodes is the frame (nodes balanced
+to one frame). With ``sweeps > 1`` pass ``groups=ds.index.frame_job`` (or any group id per frame) to keep each
+job's frames on one node, so that the earlier frames of a sweep are cached where the key frame is: groups are
+dealt, in a seeded order, to the node with the fewest frames so far, and nodes then differ by up to a group's
+size (padding or dropping evens the ranks out, as above). The node's rank layout follows torchrun
+(``rank = node_rank * local_world_size + local_rank``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sized
+from collections.abc import Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,9 +164,11 @@ class NodeAwareSampler(Sampler[int]):
         shuffle: Shuffle the node's frames every epoch (the split between nodes is random either way).
         seed: The seed of the split between nodes and of every epoch's order; the same on every rank.
         drop_last: Drop the tail of each node's order instead of padding it (see the module docstring).
+        groups: A group id per frame (e.g. ``ds.index.frame_job``): frames of a group stay on one node.
 
     Raises:
-        ConfigError: the layout is inconsistent, or some rank would get no frame.
+        ConfigError: the layout is inconsistent, ``groups`` does not have one id per frame, or some rank would
+            get no frame.
     """
 
     def __init__(
@@ -177,6 +182,7 @@ class NodeAwareSampler(Sampler[int]):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        groups: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         self.total = int(dataset) if isinstance(dataset, int) else len(dataset)
         self.layout = NodeLayout.detect(
@@ -186,12 +192,40 @@ class NodeAwareSampler(Sampler[int]):
         self.seed = int(seed)
         self.drop_last = drop_last
         self.epoch = 0
-        world = self.layout.world_size
-        # The same count for every rank of the job, whichever node: DDP steps in lockstep.
-        self.num_samples = self.total // world if drop_last else -(-self.total // world)
-        if self.num_samples == 0:
-            raise ConfigError(f"{self.total} frames cannot give every one of {world} ranks a frame")
+        self._owner = self._node_of_frames(groups)
+        sizes = np.bincount(self._owner, minlength=self.layout.num_nodes)
+        ranks = self.layout.local_world_size
+        # The same count for every rank of the job, whichever node: DDP steps in lockstep. (With the frame split
+        # this is ceil or floor of frames / world size, as DistributedSampler's.)
+        self.num_samples = int(sizes.min()) // ranks if drop_last else -(-int(sizes.max()) // ranks)
+        if self.num_samples == 0 or sizes.min() == 0:
+            raise ConfigError(
+                f"{self.total} frames cannot give every one of {self.layout.world_size} ranks a frame "
+                f"(frames per node: {sizes.tolist()})"
+            )
         self._node_frames = self.node_frames(self.layout.node_rank)
+
+    def _node_of_frames(self, groups: Sequence[int] | np.ndarray | None) -> np.ndarray:
+        """Each frame's node, decided by the seed alone (never by the epoch)."""
+        nodes = self.layout.num_nodes
+        rng = np.random.default_rng([self.seed, 0x6E6F6465])  # 'node': a stream of its own, not an epoch's
+        owner = np.empty(self.total, dtype=np.int64)
+        if groups is None:
+            for node, part in enumerate(np.array_split(rng.permutation(self.total), nodes)):
+                owner[part] = node
+            return owner
+        group_ids = np.asarray(groups)
+        if group_ids.shape != (self.total,):
+            raise ConfigError(f"groups must have one id per frame ({self.total}), got shape {group_ids.shape}")
+        _, inverse = np.unique(group_ids, return_inverse=True)
+        sizes = np.bincount(inverse)
+        load = np.zeros(nodes, dtype=np.int64)
+        group_node = np.empty(len(sizes), dtype=np.int64)
+        for group in rng.permutation(len(sizes)):  # seeded order; each group to the least loaded node
+            node = int(np.argmin(load))
+            group_node[group] = node
+            load[node] += sizes[group]
+        return group_node[inverse]
 
     def node_frames(self, node_rank: int) -> np.ndarray:
         """The frames node ``node_rank`` reads in every epoch (the same on every rank, for the whole run).
@@ -202,8 +236,7 @@ class NodeAwareSampler(Sampler[int]):
         Returns:
             int64 frame indices, ascending.
         """
-        order = np.random.default_rng([self.seed, 0x6E6F6465]).permutation(self.total)  # 'node': not the epoch's
-        return np.sort(np.array_split(order, self.layout.num_nodes)[node_rank]).astype(np.int64)
+        return np.flatnonzero(self._owner == node_rank).astype(np.int64)
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch, which with the seed decides the order within the node; call it before each epoch.

@@ -130,6 +130,46 @@ def test_split_between_nodes_depends_on_the_seed_not_the_epoch():
     assert list(sampler) == sampler.node_frames(1).tolist()[::2]
 
 
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_groups_keep_each_job_on_one_node(drop_last):
+    sizes = [10, 3, 7, 7, 5, 1, 9]  # frames per job
+    jobs = np.repeat(np.arange(len(sizes)), sizes)
+    total, nodes, ranks = len(jobs), 2, 2
+    samplers = [
+        NodeAwareSampler(
+            total, num_nodes=nodes, node_rank=node, local_world_size=ranks, local_rank=rank,
+            seed=3, groups=jobs, drop_last=drop_last,
+        )
+        for node in range(nodes)
+        for rank in range(ranks)
+    ]  # fmt: skip
+    parts = [samplers[0].node_frames(node) for node in range(nodes)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(total))
+    for job in range(len(sizes)):  # a job's frames all on one node
+        assert sum(bool(np.isin(np.flatnonzero(jobs == job), part).any()) for part in parts) == 1
+    assert abs(len(parts[0]) - len(parts[1])) <= max(sizes)
+    for epoch in range(2):
+        per_rank = []
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+            per_rank.append(list(sampler))
+            node = sampler.layout.node_rank
+            assert set(per_rank[-1]) <= set(parts[node].tolist())
+        assert len({len(indices) for indices in per_rank}) == 1  # equal counts on every rank
+        counts = Counter(i for indices in per_rank for i in indices)
+        if drop_last:
+            assert max(counts.values()) == 1
+        else:
+            assert set(counts) == set(range(total))
+
+
+def test_groups_must_cover_every_node_and_frame():
+    with pytest.raises(ConfigError, match="one id per frame"):
+        NodeAwareSampler(4, num_nodes=1, node_rank=0, local_world_size=1, local_rank=0, groups=[0, 1])
+    with pytest.raises(ConfigError, match=r"frames per node: \[4, 0\]|frames per node: \[0, 4\]"):
+        NodeAwareSampler(4, num_nodes=2, node_rank=0, local_world_size=1, local_rank=0, groups=[7, 7, 7, 7])
+
+
 def test_layout_from_torchrun_environment(monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK"):
         monkeypatch.delenv(name, raising=False)
