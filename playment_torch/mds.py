@@ -291,11 +291,12 @@ def export_mds(
         if failed:
             writer.cancel_future_jobs()
             writer.executor.shutdown(wait=False)
+    # The sidecar first, index.json (written by finish) last: an export whose index exists is complete.
+    _write_metadata(writer, dataset, snapshot, total)
     try:
         writer.finish()
     except Exception as exc:  # Streaming raises a bare Exception when an upload thread failed
         raise PlaymentError(f"export to {target}: writing the shards failed: {exc}") from exc
-    _write_metadata(writer, dataset, snapshot, total)
     shards = [shard["zip_data"] or shard["raw_data"] for shard in writer.shards]
     return ExportReport(
         out=target,
@@ -394,7 +395,7 @@ def _write_metadata(writer: Any, dataset: PlaymentSegmentationDataset, snapshot:
         if writer.remote is not None:
             writer.cloud_writer.upload_file(METADATA_FILE)
         return
-    # The writer removed its local staging folder after uploading; stage the sidecar the same way.
+    # The writer's local staging folder goes when it finishes; stage the sidecar in a folder of its own.
     from streaming.base.storage.upload import CloudUploader
 
     with tempfile.TemporaryDirectory() as staging:
