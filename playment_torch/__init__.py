@@ -39,6 +39,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "JobResult": ("playment_torch.models", "JobResult"),
     "JobSummary": ("playment_torch.models", "JobSummary"),
     "LabelEntry": ("playment_torch.models", "LabelEntry"),
+    "NodeAwareSampler": ("playment_torch.sampler", "NodeAwareSampler"),
+    "NodeLayout": ("playment_torch.sampler", "NodeLayout"),
     "NotFoundError": ("playment_torch.errors", "NotFoundError"),
     "PCDHeader": ("playment_torch.formats", "PCDHeader"),
     "PlaymentClient": ("playment_torch.client", "PlaymentClient"),
@@ -64,7 +66,9 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "create_jobs": ("playment_torch.relabel", "create_jobs"),
     "evaluate": ("playment_torch.evaluation", "evaluate"),
     "export_frame": ("playment_torch.export", "export_frame"),
+    "export_mds": ("playment_torch.mds", "export_mds"),
     "load_predictions": ("playment_torch.predictions", "load_predictions"),
+    "mds": ("playment_torch.mds", None),
     "project_points": ("playment_torch.geometry", "project_points"),
     "read_mask": ("playment_torch.formats", "read_mask"),
     "read_pcd": ("playment_torch.formats", "read_pcd"),
@@ -97,6 +101,8 @@ __all__ = [
     "JobResult",
     "JobSummary",
     "LabelEntry",
+    "NodeAwareSampler",
+    "NodeLayout",
     "NotFoundError",
     "PCDHeader",
     "PlaymentClient",
@@ -123,7 +129,9 @@ __all__ = [
     "create_jobs",
     "evaluate",
     "export_frame",
+    "export_mds",
     "load_predictions",
+    "mds",
     "project_points",
     "read_mask",
     "read_pcd",
@@ -152,7 +160,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from playment_torch import testing, viz
+    from playment_torch import mds, testing, viz
     from playment_torch.cache import ArrayCache
     from playment_torch.client import PlaymentClient, RetryPolicy
     from playment_torch.collate import Batch, collate_points
@@ -177,6 +185,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from playment_torch.formats import PCDHeader, PointCloud, read_mask, read_pcd, write_pcd
     from playment_torch.geometry import Camera, Pose, project_points
     from playment_torch.labels import ClassMap
+    from playment_torch.mds import export_mds
     from playment_torch.metrics import SegmentationMetrics
     from playment_torch.models import Batch as ProjectBatch
     from playment_torch.models import FrameRef, Job, JobResult, JobSummary, LabelEntry, Project
@@ -190,3 +199,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     )
     from playment_torch.relabel import RelabelOutcome, RelabelReport, create_jobs
     from playment_torch.sample import Sample
+    from playment_torch.sampler import NodeAwareSampler, NodeLayout

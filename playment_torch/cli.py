@@ -24,6 +24,7 @@ from typing import Any
 
 from playment_torch.cache import ArrayCache, default_cache_dir, parse_duration
 from playment_torch.errors import ConfigError, PlaymentError
+from playment_torch.mds import export_command
 
 __all__ = ["main"]
 
@@ -139,6 +140,14 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("-o", "--output", required=True, help="output file: .png picture, or .ply / .pcd export")
     show.add_argument("--cache-dir", help=f"cache folder (default {default_cache_dir()})")
     show.add_argument("--base-url", default=None, help="API base URL (default https://api.playment.io)")
+
+    export = commands.add_parser(
+        "export", parents=[common], help="write the frames as MosaicML Streaming shards (needs the [mds] extra)"
+    )
+    selection(export)
+    export.add_argument("--format", choices=("mds",), default="mds", help="output format (default mds)")
+    export.add_argument("--out", required=True, help="folder or remote (s3://...); '{snapshot}' -> the snapshot id")
+    export.add_argument("--compression", default=None, help="e.g. zstd (default none)")
 
     serve = commands.add_parser("serve", parents=[common], help="run the fake Playment server for your own tests")
     serve.add_argument("--jobs", type=int, default=4, help="synthetic jobs (default 4)")
@@ -514,6 +523,12 @@ def _relabel(args: argparse.Namespace) -> None:
     run_cli(args)
 
 
+def _export(args: argparse.Namespace) -> None:
+
+    args.fields = args.point_fields  # the selection's --point-fields, as every other command names them
+    export_command(args)
+
+
 def _show(args: argparse.Namespace) -> None:
     from playment_torch.viz import show_command  # Pillow is an optional extra: imported only for this command
 
@@ -530,6 +545,7 @@ _COMMANDS = {
     "serve": _serve,
     "relabel": _relabel,
     "show": _show,
+    "export": _export,
 }
 
 
