@@ -137,7 +137,8 @@ def test_never_refresh_lists_what_is_not_cached(server, tmp_path):
         PlaymentSegmentationDataset(server.project_id, cache_dir=str(tmp_path), refresh="never")
     ds = make_dataset(server, tmp_path)  # resolves and caches the results, but downloads no frame
     # Construction says up front which frames are missing (it used to build and fail at ds[0]).
-    with pytest.raises(CacheError, match=rf"refresh='never' but 2 of 2 frames are not cached: job {ds.frames[0].job_id}"):
+    missing = rf"refresh='never' but 2 of 2 frames are not cached: job {ds.frames[0].job_id}"
+    with pytest.raises(CacheError, match=missing):
         PlaymentSegmentationDataset(server.project_id, cache_dir=str(tmp_path), refresh="never")
 
 
