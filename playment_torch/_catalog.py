@@ -714,10 +714,15 @@ def cache_report(index: FrameIndex, cache: ArrayCache, *, sample_signature: str 
         Per job counts and one flag per frame.
     """
     cached = np.zeros(len(index), dtype=bool)
+    present: Any = cache
+    if 16 * len(index) > len(cache):
+        # Most of the cache may be this dataset's: one scan of the keys beats a query per key (measured:
+        # 0.14 ms a query against ~17 ms per 2,000 keys scanned).
+        present = set(cache.keys())
     for position in range(len(index)):
         keys = frame_cache_keys(index, position, sample_signature=sample_signature)
         sample = keys.pop("sample", None)
-        cached[position] = (sample is not None and sample in cache) or all(k in cache for k in keys.values())
+        cached[position] = (sample is not None and sample in present) or all(k in present for k in keys.values())
     counts_total = np.bincount(index.frame_job, minlength=len(index.jobs))
     counts_cached = np.bincount(index.frame_job[cached], minlength=len(index.jobs))
     jobs = [

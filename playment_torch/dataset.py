@@ -162,7 +162,8 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             field plus 8 per label), so that a warm ``ds[i]`` is a single read. ``False`` saves that disk space
             and derives them from the decoded arrays on every access.
         offline_subset: With ``refresh="never"``, keep only the frames the cache holds (with one warning)
-            instead of failing when some are missing.
+            instead of failing when some are missing. Either way ``offline_report`` then holds the per job
+            counts of every resolved frame, cached and missing (what ``inspect --offline`` prints).
 
     Raises:
         ConfigError: an option has a wrong value.
@@ -232,6 +233,8 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         self._warned: set[int] = set()
 
         self.offline_subset = offline_subset
+        # With refresh="never": what the cache held of every resolved frame (before offline_subset dropped any).
+        self.offline_report: FrameCacheReport | None = None
         catalog = Catalog(
             project_id,
             cache=self.cache,
@@ -643,6 +646,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
     def _check_offline(self, *, fallback: bool) -> None:
         """Offline, every frame must be in the cache: say up front what is not, rather than fail at ``ds[i]``."""
         report = self.cache_report()
+        self.offline_report = report
         if not report.missing:
             return
         if fallback:

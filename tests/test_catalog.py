@@ -214,6 +214,9 @@ def test_offline_subset_keeps_exactly_the_cached_frames_with_one_warning(partly_
         )
     assert len(caught) == 1
     assert str(caught[0].message).startswith("offline_subset=True: keeping the 4 cached frames; 4 of 8 frames are not")
+    report = offline.offline_report
+    assert report is not None and [(j.frames, j.cached) for j in report.jobs] == [(4, 3), (4, 1)]
+    assert [(j.frames, j.cached) for j in offline.cache_report().jobs] == [(3, 3), (1, 1)]
     assert [(f.job_id, f.frame_id) for f in offline.frames] == [
         (ds.frames[i].job_id, ds.frames[i].frame_id) for i in (0, 1, 2, 4)
     ]
