@@ -756,6 +756,14 @@ class Snapshot:
     ignore_index: int
     point_fields: tuple[str, ...]
 
+    def summary(self) -> str:
+        """One line for the CLI: ``"snapshot of 80 frames of 2 jobs, 8 classes, project P"``."""
+        classes = len({index for index in self.classes.values() if index != self.ignore_index})
+        return (
+            f"snapshot of {len(self.frames)} frames of {len(self.jobs)} jobs, {classes} classes, "
+            f"project {self.project_id}"
+        )
+
 
 def write_snapshot(
     path: str | os.PathLike[str],

@@ -75,6 +75,7 @@ def test_snapshot_file_records_results_frames_and_recipe(server, jobs, tmp_path)
     assert document["classes"] == {"car": 0, "road": 1, "pole": 0} and document["ignore_index"] == -1
     assert document["point_fields"] == ["x", "y", "z", "intensity"]
     assert len(written.frames) == 4 and not (tmp_path / "snap.json.partial").exists()
+    assert written.summary() == f"snapshot of 4 frames of 2 jobs, 2 classes, project {server.project_id}"
 
 
 def test_from_snapshot_gives_identical_samples_from_the_cache_without_the_network(server, jobs, tmp_path):
