@@ -209,6 +209,10 @@ class Catalog:
         self._bar: Bar = bar if bar is not None else _no_bar
         self._started = time.time()
         self._offline_reason = ""
+        #: Jobs left out (``on_error="skip"``): job id -> why, without the ``job J:`` prefix.
+        self.failed_jobs: dict[str, str] = {}
+        #: Jobs that are not completed and so have no result yet: job id -> status.
+        self.pending_jobs: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------------------- entry points
 
@@ -315,6 +319,7 @@ class Catalog:
                         if self.on_error == "raise":
                             raise
                         failed = True
+                        self.failed_jobs[job.job_id] = _reason(exc, f"job {job.job_id}")
                         warnings.warn(f"skipping job {job.job_id}: {exc}", RuntimeWarning, stacklevel=4)
                     bar.update(1)
             index = builder.finish()
@@ -448,9 +453,11 @@ class Catalog:
             outcome = outcomes[job_id]
             if outcome.pending:
                 pending.append(f"{job_id} ({outcome.pending})")
+                self.pending_jobs[job_id] = outcome.pending
             elif outcome.error is not None:
                 if self.on_error == "raise":
                     raise outcome.error
+                self.failed_jobs[job_id] = _reason(outcome.error, f"job {job_id}")
                 warnings.warn(f"skipping job {job_id}: {outcome.error}", RuntimeWarning, stacklevel=4)
             elif outcome.job is not None:
                 jobs.append(outcome.job)
@@ -578,6 +585,15 @@ class _Missing(Exception):
     """Internal: an offline policy and the cache lacks this (the message says what)."""
 
 
+def _reason(exc: BaseException, where: str) -> str:
+    """An error's message without the ``job J:`` it may start with (the caller names the job once)."""
+    message = " ".join(str(exc).split())
+    for prefix in (where + ": ", where + ", ", where + " "):
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
 def _digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:16]
 
@@ -702,17 +718,33 @@ class FrameCacheReport:
         return f"{self.missing} of {self.frames} frames are not cached: {shown}{more}"
 
 
-def cache_report(index: FrameIndex, cache: ArrayCache, *, sample_signature: str | None = None) -> FrameCacheReport:
-    """Check, frame by frame, whether the cache can serve it: its finished sample, or its point cloud and mask.
+def cache_report(
+    index: FrameIndex,
+    cache: ArrayCache,
+    *,
+    sample_signature: str | None = None,
+    frame_keys: Callable[[int], Sequence[Sequence[str]]] | None = None,
+) -> FrameCacheReport:
+    """Check, frame by frame, whether the cache can serve it without the network.
 
     Args:
         index: The frames.
         cache: The disk cache.
         sample_signature: The dataset's finished-sample recipe (see :func:`frame_cache_keys`).
+        frame_keys: A frame's alternatives: it is cached when every key of one alternative is present. By
+            default its finished sample, or its point cloud and mask (:func:`frame_cache_keys`); a frame store
+            with other records passes its own.
 
     Returns:
         Per job counts and one flag per frame.
     """
+
+    def default_keys(position: int) -> list[list[str]]:
+        keys = frame_cache_keys(index, position, sample_signature=sample_signature)
+        sample = keys.pop("sample", None)
+        return [[sample], list(keys.values())] if sample is not None else [list(keys.values())]
+
+    alternatives = frame_keys if frame_keys is not None else default_keys
     cached = np.zeros(len(index), dtype=bool)
     present: Any = cache
     if 16 * len(index) > len(cache):
@@ -720,9 +752,7 @@ def cache_report(index: FrameIndex, cache: ArrayCache, *, sample_signature: str 
         # 0.14 ms a query against ~17 ms per 2,000 keys scanned).
         present = set(cache.keys())
     for position in range(len(index)):
-        keys = frame_cache_keys(index, position, sample_signature=sample_signature)
-        sample = keys.pop("sample", None)
-        cached[position] = (sample is not None and sample in present) or all(k in present for k in keys.values())
+        cached[position] = any(all(k in present for k in keys) for keys in alternatives(position))
     counts_total = np.bincount(index.frame_job, minlength=len(index.jobs))
     counts_cached = np.bincount(index.frame_job[cached], minlength=len(index.jobs))
     jobs = [

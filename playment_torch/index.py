@@ -250,6 +250,11 @@ class FrameIndex:
         """Every class name an annotation of the index uses."""
         return frozenset(label for label, _ in self.labels_table)
 
+    @property
+    def class_ids(self) -> frozenset[str]:
+        """Every Playment class id an annotation of the index names ("" left out)."""
+        return frozenset(class_id for _, class_id in self.labels_table if class_id)
+
     def apply_classes(self, class_map: ClassMap) -> None:
         """Set every lookup row's class index from ``class_map`` (the rest of the index does not depend on it).
 

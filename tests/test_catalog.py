@@ -16,7 +16,7 @@ import torch
 from conftest import FAST_RETRY, fast_client
 from large_results import add_large_jobs
 
-from playment_torch._catalog import Refresh, frame_cache_keys
+from playment_torch._catalog import Catalog, Refresh, cache_report, frame_cache_keys
 from playment_torch.cache import ArrayCache, cache_key
 from playment_torch.client import PlaymentClient
 from playment_torch.dataset import PlaymentSegmentationDataset
@@ -271,3 +271,31 @@ def test_auth_errors_are_not_a_reason_to_fall_back(server, tmp_path):
     wrong = PlaymentClient("not-the-key", base_url=server.url, retry=FAST_RETRY)
     with pytest.raises(AuthenticationError):
         make_dataset(server, tmp_path, client=wrong)
+
+
+def test_catalog_names_failed_and_pending_jobs_for_the_dataset(server, tmp_path):
+    good, broken = add_large_jobs(server, 2, frames=2, keys=3)
+    waiting = server.add_job(None, status="pending")
+    result = json.loads(
+        fast_client(server).download(fast_client(server).get_job(server.project_id, broken).result_url, private=True)
+    )
+    result["sensor_data"]["frames"][0]["ego_pose"]["heading"]["w"] = "north"
+    server.replace_result(broken, result)
+    catalog = Catalog(
+        server.project_id, cache=ArrayCache(tmp_path), client=lambda: fast_client(server), on_error="skip"
+    )
+    with pytest.warns(RuntimeWarning) as caught:
+        index = catalog.open(None, None)
+    assert [job.job_id for job in index.jobs] == [good]
+    assert list(catalog.failed_jobs) == [broken] and "heading.w" in catalog.failed_jobs[broken]
+    assert not catalog.failed_jobs[broken].startswith(f"job {broken}")
+    assert catalog.pending_jobs == {waiting: "pending"}
+    assert len(caught) == 2
+    # A frame store with other records says what "cached" means for it.
+    report = cache_report(index, ArrayCache(tmp_path), frame_keys=lambda p: [["nothing"], [index.frame_ids[p]]])
+    assert report.missing == 2
+    ArrayCache(tmp_path).put_json("0", 1)
+    assert cache_report(index, ArrayCache(tmp_path), frame_keys=lambda p: [[index.frame_ids[p]]]).cached.tolist() == [
+        True,
+        False,
+    ]
