@@ -280,7 +280,7 @@ class Catalog:
             job = self._fetch_job(pin.job_id)
             if not job.is_completed:
                 raise JobNotCompletedError(job.job_id, job.status)
-            current = self._result_digest(job, fresh=True)
+            current = self._result_digest(job)
             if current.digest == pin.digest:
                 resolved.append(current)
                 continue
@@ -521,12 +521,12 @@ class Catalog:
     def _result_key(self, job_id: str, url: str) -> str:
         return cache_key(_RESULT, project_id=self.project_id, job_id=job_id, url=url)
 
-    def _result_digest(self, job: Job, *, fresh: bool = False) -> ResolvedJob:
+    def _result_digest(self, job: Job) -> ResolvedJob:
         """Download a job's result (once per machine), cache its bytes and digest, and return them."""
         key = self._digest_key(job.job_id, job.result_url)
         with self.cache.lock(key):
             record = self.cache.get_json(key)
-            reusable = _fresh(record, self._started) if fresh else self.refresh.reuses_result(record, self._started)
+            reusable = self.refresh.reuses_result(record, self._started)
             if record is not None and reusable and self._result_key(job.job_id, job.result_url) in self.cache:
                 return ResolvedJob(job.job_id, job.result_url, str(record["digest"]))
             body = self._download_result(job)
