@@ -23,13 +23,13 @@ data live in this parent process and are not counted):
     attachments redirect, GET the signed URL, ``read_pcd``/``read_mask``). The naive loop runs on the first
     20 frames and is extrapolated per frame to 200. The job results are resolved (and cached) beforehand
     without latency, so both sides time only the frame downloads. Target: at least 10x faster.
-(d) building the index of a 2,000-job project (1 frame each; the jobs share one synthetic result and its
-    files, with new job ids): once cold from the fake server, then from the cache with ``refresh="never"``
-    and the server stopped (the first construction in a fresh process, and the best of N). Target: under 5 s.
-    Plus the memory of a 1,000,000-frame index: a 10,000-frame index built from synthetic ``FrameRef``s
-    (200 jobs x 50 frames, 30 label keys per frame, Playment S3 URLs, two cameras) with
-    ``FrameIndex.build``, tiled 100 times (same array sizes as 1M distinct frames); ``index.nbytes`` and the
-    process's resident memory.
+(d) the per-job overhead of construction on 2,000 *one-frame* jobs (they share one small synthetic result
+    and its files, with new job ids): once cold from the fake server, then from the cache with
+    ``refresh="never"`` and the server stopped. This is NOT a real project's size (2,000 frames, small
+    results): construction of 2,000 jobs x 50 frames with 83 label keys a frame, cold, warm and by two ranks at
+    once, is measured by ``benchmarks/bench_scale.py``. Plus the array sizes of a 1,000,000-frame index: a
+    10,000-frame index built from synthetic ``FrameRef``s (200 jobs x 50 frames, 30 label keys per frame),
+    *tiled* 100 times; this measures bytes only, not building or loading 1M frames (bench_scale.py does).
 
 Peak RSS is ``VmHWM`` of the measuring process (for DataLoader workers: the largest worker's peak, from
 ``RUSAGE_CHILDREN``; forked workers share the parent's pages, which RSS counts in each).
@@ -495,7 +495,7 @@ def section_d(work: Path, repeat: int, profile: set[str], rows: Rows, notes: lis
     assert cold["frames"] == warm["frames"] == INDEX_JOBS, (cold, warm)
     rows.append(
         [
-            f"(d) index of {INDEX_JOBS} jobs from the cache (`refresh='never'`, no server), s",
+            f"(d) {INDEX_JOBS} one-frame jobs from the cache (`refresh='never'`, no server), s",
             f"{warm['first']:.2f} (best {warm['best']:.2f})",
             f"cold: {cold['first']:.1f}",
             "-",
@@ -508,7 +508,7 @@ def section_d(work: Path, repeat: int, profile: set[str], rows: Rows, notes: lis
     per_frame = million["nbytes"] / million["frames"]
     rows.append(
         [
-            f"(d) 1,000,000-frame index ({CHUNK_KEYS} label keys/frame), MiB",
+            f"(d) 1,000,000-frame index, tiled from 10,000 ({CHUNK_KEYS} label keys/frame), MiB",
             f"nbytes {million['nbytes'] / 2**20:.0f} ({per_frame:.0f} B/frame)",
             f"RSS +{million['rss_delta_mib']:.0f}",
             "-",

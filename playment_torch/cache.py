@@ -1617,3 +1617,16 @@ class ArrayCache:
         """Close this process's database connections; the cache reopens by itself when used again."""
         for store in (self._arrays, self._meta):
             store.close()
+
+    def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """A lock on ``key`` across threads and processes sharing the directory (what :meth:`get_or_create`
+        holds while it creates a value): for values made by several cache calls, such as a download and its
+        digest record. Not reentrant.
+
+        Args:
+            key: A key from :func:`cache_key`.
+
+        Returns:
+            A context manager holding the lock.
+        """
+        return self._key_lock(key)

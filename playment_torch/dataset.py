@@ -30,8 +30,6 @@ Choices where the issue is silent (also in the README):
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import operator
 import os
@@ -47,21 +45,30 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from playment_torch._catalog import (
+    Catalog,
+    FrameCacheReport,
+    Refresh,
+    Snapshot,
+    cache_report,
+    frames_of,
+    read_snapshot,
+    write_snapshot,
+)
 from playment_torch._counters import SharedCounters
 from playment_torch._store import FrameStore
-from playment_torch.cache import ArrayCache, cache_key
+from playment_torch.cache import ArrayCache
 from playment_torch.client import PlaymentClient
 from playment_torch.errors import (
     CacheError,
     ConfigError,
     HostUnreachableError,
-    JobNotCompletedError,
     PlaymentError,
 )
 from playment_torch.geometry import Camera, invert_transform
 from playment_torch.index import FrameIndex
 from playment_torch.labels import ClassMap, check_known_classes
-from playment_torch.models import FrameRef, Job, JobResult, Project
+from playment_torch.models import FrameRef
 from playment_torch.sample import Sample
 
 __all__ = ["DatasetStats", "PlaymentSegmentationDataset", "PrefetchReport"]
@@ -209,6 +216,9 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         allow_unknown_classes: Accept names in ``classes`` that no job of the dataset uses (a class list shared
             across projects). By default such a name is a :class:`ConfigError` that lists the project's names,
             because a typo (``"Road"`` for ``"road"``) would silently turn a class into ``ignore_index``.
+        offline_subset: With ``refresh="never"``, keep only the frames the cache holds (with one warning)
+            instead of failing when some are missing. Either way ``offline_report`` then holds the per job
+            counts of every resolved frame, cached and missing (what ``inspect --offline`` prints).
 
     Raises:
         ConfigError: an option has a wrong value.
@@ -238,6 +248,8 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         progress: bool | None = None,
         cache_size_limit: int | None = None,
         allow_unknown_classes: bool = False,
+        offline_subset: bool = False,
+        _snapshot: tuple[Snapshot, bool] | None = None,
     ) -> None:
         _choose("refresh", refresh, REFRESH_POLICIES)
         _choose("on_error", on_error, ON_ERROR)
@@ -276,20 +288,38 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         #: Jobs that are not completed and so have no result yet: job id -> status.
         self.pending_jobs: dict[str, str] = {}
 
-        results = self._resolve(
-            None if job_ids is None else list(job_ids), None if batch_ids is None else list(batch_ids)
+        self.offline_subset = offline_subset
+        # With refresh="never": what the cache held of every resolved frame (before offline_subset dropped any).
+        self.offline_report: FrameCacheReport | None = None
+        catalog = Catalog(
+            project_id,
+            cache=self.cache,
+            client=lambda: self.client,
+            refresh=Refresh.parse(refresh),
+            on_error=on_error,
+            num_threads=self.num_threads,
+            bar=self._bar,
         )
-        available = {entry.label for result, _ in results for entry in result.labels}
-        self.class_map = ClassMap(classes, available=available, ignore_index=self.ignore_index)
-        if results and not allow_unknown_classes:
-            class_ids = {entry.class_id for result, _ in results for entry in result.labels}
-            check_known_classes(self.class_map, available, class_ids)
-        self._index = FrameIndex.build(project_id, results, self.class_map)
+        if _snapshot is None:
+            index = catalog.open(
+                None if job_ids is None else list(job_ids), None if batch_ids is None else list(batch_ids)
+            )
+        else:
+            index = catalog.index(catalog.resolve_pinned(_snapshot[0].jobs, follow_changes=_snapshot[1]))
+        self.failed_jobs, self.pending_jobs = catalog.failed_jobs, catalog.pending_jobs
+        self.class_map = ClassMap(classes, available=index.label_names, ignore_index=self.ignore_index)
+        if index.jobs and not allow_unknown_classes:
+            check_known_classes(self.class_map, index.label_names, index.class_ids)
+        index.apply_classes(self.class_map)
+        if _snapshot is not None:
+            index = _pinned_frames(index, _snapshot[0], follow_changes=_snapshot[1])
+        self._index = index
+        if index.skipped_frames:
+            logger.info("%d frames have no lidar point cloud or no mask and are not items", index.skipped_frames)
         self.cache.touch_project(project_id)  # for `playment-torch cache info`; best effort on a full disk
-        skipped = sum(len(result.skipped_frames) for result, _ in results)
-        if skipped:
-            logger.info("%d frames have no lidar point cloud or no mask and are not items", skipped)
         self._store = self._make_store()
+        if catalog.refresh is Refresh.NEVER:
+            self._check_offline(fallback=refresh != "never")
 
     # ------------------------------------------------------------------------------------------- basics
 
@@ -572,145 +602,112 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         # tqdm's disable=None means "only when writing to a terminal".
         return tqdm(total=total, desc=desc, unit=unit, disable=None if allowed else True, leave=False)
 
-    # ------------------------------------------------------------------------------------------- resolution
+    # ------------------------------------------------------------------------------------------- the catalog
 
-    def _resolve(self, job_ids: list[str] | None, batch_ids: list[str] | None) -> list[tuple[JobResult, str]]:
-        """Ids -> sorted job ids -> (parsed result, digest) per completed job."""
-        missing: list[str] = []
-        wanted: set[str] = set(job_ids or ())
-        if batch_ids is None and job_ids is None:
-            project = self._project(missing)
-            batch_ids = [batch.id for batch in project.batches] if project else []
-        for batch_id in batch_ids or ():
-            wanted.update(self._batch_job_ids(batch_id, missing))
-        ordered = sorted(wanted)
-
-        outcomes: dict[str, tuple[JobResult, str] | str | PlaymentError] = {}
-
-        def resolve(job_id: str, network: bool = True) -> None:
-            try:
-                outcomes[job_id] = self._job_result(job_id, network=network)
-            except _NeedsNetwork:
-                pass
-            except JobNotCompletedError as exc:
-                outcomes[job_id] = exc.status
-            except CacheError as exc:
-                outcomes[job_id] = exc
-                missing.append(f"job {job_id}")
-            except PlaymentError as exc:
-                outcomes[job_id] = exc
-
-        with self._bar(len(ordered), "resolving jobs", "job") as bar:
-            if self.refresh != "always":
-                # Cached jobs first, in this thread: parsing holds the GIL, so threads would only add contention.
-                for job_id in ordered:
-                    resolve(job_id, network=False)
-                    bar.update(job_id in outcomes)
-            remote = [job_id for job_id in ordered if job_id not in outcomes]
-            if remote:
-                with ThreadPoolExecutor(self.num_threads) as pool:
-                    for _ in pool.map(resolve, remote):
-                        bar.update(1)
-
-        if missing:
-            shown = ", ".join(sorted(missing)[:20]) + (" ..." if len(missing) > 20 else "")
-            raise CacheError(f"refresh='never' but {len(missing)} items are not cached: {shown}")
-        results: list[tuple[JobResult, str]] = []
-        pending: list[str] = []
-        for job_id in ordered:
-            outcome = outcomes[job_id]
-            if isinstance(outcome, str):
-                pending.append(f"{job_id} ({outcome})")
-                self.pending_jobs[job_id] = outcome
-            elif isinstance(outcome, PlaymentError):
-                if self.on_error == "raise":
-                    raise outcome
-                self.failed_jobs[job_id] = _reason(outcome, f"job {job_id}")
-                warnings.warn(f"skipping job {job_id}: {outcome}", RuntimeWarning, stacklevel=3)
-            else:
-                results.append(outcome)
-        if pending:
-            shown = ", ".join(pending[:10]) + (" ..." if len(pending) > 10 else "")
+    def _check_offline(self, *, fallback: bool) -> None:
+        """Offline, every frame must be in the cache: say up front what is not, rather than fail at ``ds[i]``."""
+        report = self.cache_report()
+        self.offline_report = report
+        if not report.missing:
+            return
+        if fallback:
+            warnings.warn(f"the API host is unreachable and {report.summary()}", RuntimeWarning, stacklevel=3)
+        elif self.offline_subset:
             warnings.warn(
-                f"{len(pending)} of {len(ordered)} jobs are not completed and are left out: {shown}",
+                f"offline_subset=True: keeping the {report.frames - report.missing} cached frames; "
+                f"{report.summary()}",
                 RuntimeWarning,
                 stacklevel=3,
             )
-        return results
+            self._index = self._index.subset(report.cached)
+            self._store = self._make_store()
+        else:
+            raise CacheError(
+                f"refresh='never' but {report.summary()} (pass offline_subset=True to use only the cached frames, "
+                "or prefetch them with the network)"
+            )
 
-    def _listing(self, key: str, fetch: Callable[[], Any], missing: list[str], what: str) -> Any:
-        """A project or batch listing: asked again unless ``refresh="never"`` (batches gain jobs), and cached
-        for the runs that may not use the network; ``None`` (and ``what`` listed as missing) when it cannot be had.
+    def cache_report(self) -> FrameCacheReport:
+        """Which frames the disk cache can serve without the network, per job (existence checks, not reads).
+
+        Returns:
+            Per job counts of frames and cached frames, and one flag per item (``report.cached``).
         """
-        if self.refresh == "never":
-            cached = self.cache.get_json(key)
-            if cached is None:
-                missing.append(what)
-            return cached
-        value = fetch()
-        self.cache.put_json(key, value)
-        return value
+        store = self._store
+        # One definition of a frame's records: the frame store's keys (points and mask).
+        return cache_report(self._index, self.cache, store.keys)
 
-    def _project(self, missing: list[str]) -> Project | None:
-        key = cache_key("project", project_id=self.project_id)
-        payload = self._listing(
-            key, lambda: _project_json(self.client.get_project(self.project_id)), missing, "project details"
+    def snapshot(self, path: str | os.PathLike[str]) -> Snapshot:
+        """Write a small JSON lock file that pins this dataset: its frames, their results and the label recipe.
+
+        It records the format version, the project, each job's result identity (URL without signature) and
+        digest, every item as ``(job, frame, sensor)``, the class map, ``ignore_index`` and ``point_fields``.
+        :meth:`from_snapshot` gives exactly these frames and labels later.
+
+        Args:
+            path: Where to write (replaced whole, never half-written).
+
+        Returns:
+            What was written.
+        """
+        return write_snapshot(
+            path,
+            self._index,
+            classes=self.class_map.mapping,
+            ignore_index=self.ignore_index,
+            point_fields=self.point_fields,
         )
-        return None if payload is None else Project.from_api(payload, project_id=self.project_id)
 
-    def _batch_job_ids(self, batch_id: str, missing: list[str]) -> list[str]:
-        key = cache_key("batch", project_id=self.project_id, job_id=batch_id)
-        listing = self._listing(
-            key,
-            lambda: [job.job_id for job in self.client.iter_batch_jobs(self.project_id, batch_id)],
-            missing,
-            f"batch {batch_id}",
-        )
-        return list(listing or ())
+    @classmethod
+    def from_snapshot(
+        cls, path: str | os.PathLike[str], *, follow_changes: bool = False, **options: Any
+    ) -> PlaymentSegmentationDataset:
+        """The dataset a snapshot pinned: the same frames with the same labels, whatever changed since.
 
-    def _job_result(self, job_id: str, *, network: bool = True) -> tuple[JobResult, str]:
-        """One job's parsed result and its digest, under the refresh policy.
+        Each job's pinned result comes from the cache when it is there (even if the job was relabelled on the
+        server since), else from the server if the server still has that version.
+
+        Args:
+            path: A file written by :meth:`snapshot`.
+            follow_changes: For jobs whose pinned result is neither cached nor on the server any more, use the
+                current result (with a warning listing them) instead of failing; of their frames, those the
+                snapshot lists and the new result still has are kept.
+            **options: Any other option of the constructor (``client``, ``cache_dir``, ``transform``, ...); the
+                project, jobs, classes, ``ignore_index`` and ``point_fields`` come from the snapshot.
+
+        Returns:
+            The dataset.
 
         Raises:
-            _NeedsNetwork: ``network`` is false and the cache cannot answer.
-            JobNotCompletedError: the job has no result yet.
-            CacheError: ``refresh="never"`` and the job or its result is not cached.
-            PlaymentError: the API or the result failed.
+            ConfigError: the file is not a snapshot, or ``options`` tries to override what it pins.
+            PlaymentError: pinned results changed on the server and are not cached (the message names the
+                jobs), unless ``follow_changes``.
         """
-        job_key = cache_key("job", project_id=self.project_id, job_id=job_id)
-        cached_job = None if self.refresh == "always" else self.cache.get_json(job_key)
-        if cached_job is not None:
-            job = Job.from_api(cached_job, project_id=self.project_id, job_id=job_id)
-        elif self.refresh == "never":
-            raise CacheError(f"job {job_id} is not cached")
-        elif not network:
-            raise _NeedsNetwork
-        else:
-            job = self.client.get_job(self.project_id, job_id)
-            if job.is_completed:
-                # Only a completed job is final; any other status is asked again next time.
-                self.cache.put_json(job_key, _job_json(job))
-        if not job.is_completed:
-            raise JobNotCompletedError(job.job_id, job.status)
-        result_key = cache_key("result", project_id=self.project_id, job_id=job_id, url=job.result_url)
-        cached = None if self.refresh == "always" else self.cache.get_json(result_key)
-        if cached is None:
-            if self.refresh == "never":
-                raise CacheError(f"the result of job {job_id} is not cached")
-            if not network:
-                raise _NeedsNetwork
-            payload = self.client.get_result_json(job)
-            digest = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[
-                :16
-            ]
-            cached = {"digest": digest, "result": payload}
-            self.cache.put_json(result_key, cached)
-        result = JobResult.from_api(cached["result"], project_id=self.project_id, job_id=job_id)
-        return result, str(cached["digest"])
+        pinned = read_snapshot(path)
+        fixed = {"job_ids", "batch_ids", "classes", "ignore_index", "point_fields"} & set(options)
+        if fixed:
+            raise ConfigError(f"{', '.join(sorted(fixed))}: fixed by the snapshot {path}")
+        return cls(
+            pinned.project_id,
+            classes=pinned.classes,
+            ignore_index=pinned.ignore_index,
+            point_fields=pinned.point_fields,
+            _snapshot=(pinned, follow_changes),
+            **options,
+        )
 
 
-class _NeedsNetwork(Exception):
-    """Internal: the cache cannot answer and this pass may not use the network."""
+def _pinned_frames(index: FrameIndex, pinned: Snapshot, *, follow_changes: bool) -> FrameIndex:
+    """The rows of ``index`` that ``pinned`` lists (all of them, unless a followed change dropped some)."""
+    wanted = set(pinned.frames)
+    keep = np.fromiter((frame in wanted for frame in frames_of(index)), dtype=bool, count=len(index))
+    if int(keep.sum()) != len(wanted):
+        lost = len(wanted) - int(keep.sum())
+        message = f"{lost} of the snapshot's {len(wanted)} frames are not in the results"
+        if not follow_changes:
+            raise PlaymentError(f"{message}: the snapshot does not match its pinned results")
+        warnings.warn(f"{message} followed: they are left out", RuntimeWarning, stacklevel=4)
+    return index.subset(keep)
 
 
 class _FrameSequence(Sequence[FrameRef]):
@@ -765,38 +762,3 @@ def _transform_xyz(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     xyz = points[:, :3].astype(np.float64)
     out[:, :3] = xyz @ matrix[:3, :3].T + matrix[:3, 3]
     return out
-
-
-def _job_json(job: Job) -> dict[str, Any]:
-    """A job in the API's own shape, so the cached copy parses like a fresh answer."""
-    return {
-        "project_id": job.project_id,
-        "job_id": job.job_id,
-        "reference_id": job.reference_id,
-        "batch_id": job.batch_id,
-        "status": job.status,
-        "work_flow_id": job.work_flow_id,
-        "priority_weight": job.priority_weight,
-        "tag": job.tag,
-        "result": job.result_url,
-    }
-
-
-def _project_json(project: Project) -> dict[str, Any]:
-    return {
-        "name": project.name,
-        "batches": [
-            {
-                "id": b.id,
-                "name": b.name,
-                "description": b.description,
-                "is_default": b.is_default,
-                "total_jobs": b.total_jobs,
-                "completed_jobs": b.completed_jobs,
-                "total_frames": b.total_frames,
-                "completed_frames": b.completed_frames,
-                "status": b.status,
-            }
-            for b in project.batches
-        ],
-    }

@@ -9,20 +9,27 @@ rebuilt only when asked for.
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from playment_torch.errors import redact_url
 from playment_torch.geometry import Camera, Pose
 from playment_torch.labels import ClassMap, map_keys
 from playment_torch.models import FrameRef, JobResult, LabelEntry
 
-__all__ = ["FrameIndex", "StringTable"]
+__all__ = ["FrameIndex", "IndexBuilder", "StringTable"]
 
+#: Version of :meth:`FrameIndex.to_bytes`'s layout (and of how an index is derived from results): part of the
+#: cache key of a cached index, so a change here never reads an index of another layout.
+INDEX_FORMAT = 2
 _NAN_POSE = np.full(7, np.nan)
 _LUT_COLUMNS = ("lut_keys", "lut_classes", "lut_instances", "lut_labels")
+_STRING_COLUMNS = ("frame_ids", "sensor_ids", "pointcloud_urls", "mask_urls")
 
 
 class _Packed:
@@ -35,6 +42,13 @@ class _Packed:
         self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
         self.buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    @classmethod
+    def from_arrays(cls, buffer: np.ndarray, offsets: np.ndarray) -> _Packed:
+        packed = cls.__new__(cls)
+        packed.buffer = buffer.astype(np.uint8, copy=False)
+        packed.offsets = offsets.astype(np.int64, copy=False)
+        return packed
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -67,6 +81,23 @@ class StringTable(Sequence[str]):
         self._heads = _Packed(heads)
         self._head_ids = np.array(ids, dtype=np.int32)
         self._tails = _Packed(tails)
+
+    def _parts(self) -> dict[str, np.ndarray]:
+        return {
+            "heads": self._heads.buffer,
+            "head_offsets": self._heads.offsets,
+            "head_ids": self._head_ids,
+            "tails": self._tails.buffer,
+            "tail_offsets": self._tails.offsets,
+        }
+
+    @classmethod
+    def _from_parts(cls, parts: dict[str, np.ndarray]) -> StringTable:
+        table = cls.__new__(cls)
+        table._heads = _Packed.from_arrays(parts["heads"], parts["head_offsets"])
+        table._head_ids = parts["head_ids"].astype(np.int32, copy=False)
+        table._tails = _Packed.from_arrays(parts["tails"], parts["tail_offsets"])
+        return table
 
     @classmethod
     def concatenate(cls, tables: Sequence[StringTable]) -> StringTable:
@@ -153,6 +184,7 @@ class JobInfo:
     cameras: tuple[Camera, ...]
     intrinsics: np.ndarray  # (K, 3, 3)
     tracks: tuple[str, ...]  # instance id -> track id
+    result_url: str = ""  # the result's identity: its URL without signature parameters
 
 
 class FrameIndex:
@@ -185,76 +217,121 @@ class FrameIndex:
         self.lut_classes = np.zeros(0, dtype=np.int32)
         self.lut_instances = np.zeros(0, dtype=np.int32)
         self.lut_labels = np.zeros(0, dtype=np.int32)
+        # Frames of the results that are not items (no lidar point cloud or no mask), for the log.
+        self.skipped_frames = 0
 
     @classmethod
-    def build(cls, project_id: str, results: Sequence[tuple[JobResult, str]], class_map: ClassMap) -> FrameIndex:
-        """Index the frames of parsed results.
+    def build(
+        cls, project_id: str, results: Iterable[tuple[JobResult, str]], class_map: ClassMap | None = None
+    ) -> FrameIndex:
+        """Index the frames of parsed results (see :class:`IndexBuilder` to add them one job at a time).
 
         Args:
             project_id: The project.
             results: ``(result, digest)`` per job, in the dataset's order; ``digest`` identifies the result's
-                content (a relabelled job gets a new one, and with it new mask cache keys).
-            class_map: Maps label names to training indices.
+                content (a relabelled job gets a new one, and with it new mask cache keys). An iterator is
+                consumed job by job: no job's parsed result is kept.
+            class_map: Maps label names to training indices; ``None`` leaves the classes to
+                :meth:`apply_classes`.
 
         Returns:
             The index.
         """
-        index = cls()
-        index.project_id = project_id
-        pairs: dict[tuple[str, str], int] = {}
-        columns: dict[str, list[Any]] = {
-            k: [] for k in ("job", "position", "legacy", "frame", "sensor", "points", "mask", "ego", "cams", "ncam")
+        builder = IndexBuilder(project_id)
+        for result, digest in results:
+            builder.add(result, digest)
+        index = builder.finish()
+        if class_map is not None:
+            index.apply_classes(class_map)
+        return index
+
+    @property
+    def label_names(self) -> frozenset[str]:
+        """Every class name an annotation of the index uses."""
+        return frozenset(label for label, _ in self.labels_table)
+
+    @property
+    def class_ids(self) -> frozenset[str]:
+        """Every Playment class id an annotation of the index names ("" left out)."""
+        return frozenset(class_id for _, class_id in self.labels_table if class_id)
+
+    def apply_classes(self, class_map: ClassMap) -> None:
+        """Set every lookup row's class index from ``class_map`` (the rest of the index does not depend on it).
+
+        Rows refer to ``(label, class_id)`` pairs, so this is one class lookup per distinct pair and one gather,
+        however many frames there are: a cached index serves any class map.
+        """
+        pair_classes = np.array(
+            [class_map.index_of(LabelEntry(0, label, class_id)) for label, class_id in self.labels_table],
+            dtype=np.int32,
+        )
+        self.lut_classes = pair_classes[self.lut_labels] if len(self.lut_labels) else np.zeros(0, dtype=np.int32)
+
+    def to_bytes(self) -> bytes:
+        """Serialise the index (everything but the class indices) for the cache: an ``.npz`` archive whose
+        metadata is JSON, so that reading it back never unpickles anything from a shared directory."""
+        arrays: dict[str, np.ndarray] = {}
+        for name, value in vars(self).items():
+            if name == "lut_classes":
+                continue
+            if isinstance(value, np.ndarray):
+                arrays[name] = value
+            elif isinstance(value, StringTable):
+                for part, array in value._parts().items():
+                    arrays[f"{name}.{part}"] = array
+        meta = {
+            "version": INDEX_FORMAT,
+            "project_id": self.project_id,
+            "labels_table": [list(pair) for pair in self.labels_table],
+            "skipped_frames": self.skipped_frames,
+            "jobs": [
+                {
+                    "job_id": job.job_id,
+                    "digest": job.digest,
+                    "cameras": [dataclasses.asdict(c) for c in job.cameras],
+                    "tracks": list(job.tracks),
+                    "result_url": job.result_url,
+                }
+                for job in self.jobs
+            ],
         }
-        luts: list[tuple[np.ndarray, ...]] = []
-        table_ids: dict[bytes, int] = {}
-        frame_tables: list[int] = []
-        for job_number, (result, digest) in enumerate(results):
-            tracks: dict[str, int] = {}
-            for entry in result.labels:
-                if entry.track_id and entry.track_id not in tracks:
-                    tracks[entry.track_id] = len(tracks)
-            intrinsics = np.stack([c.matrix() for c in result.cameras]) if result.cameras else np.zeros((0, 3, 3))
-            index.jobs.append(JobInfo(result.job_id, digest, result.cameras, intrinsics, tuple(tracks)))
-            for frame in result.frames:
-                columns["job"].append(job_number)
-                columns["position"].append(frame.frame_index)
-                columns["legacy"].append(frame.legacy)
-                columns["frame"].append(frame.frame_id)
-                columns["sensor"].append(frame.sensor_id)
-                columns["points"].append(frame.pointcloud_url)
-                columns["mask"].append(frame.mask_url)
-                columns["ego"].append(_pose_vector(frame.ego_pose))
-                columns["cams"].extend(_pose_vector(p) for p in frame.camera_poses)
-                columns["ncam"].append(len(frame.camera_poses))
-                ordered = sorted(frame.labels, key=lambda e: e.label_key)
-                lookup = class_map.lookup(ordered, tracks)
-                labels = [pairs.setdefault((e.label, e.class_id), len(pairs)) for e in ordered]
-                table = (lookup.keys, lookup.classes, lookup.instances, np.array(labels, dtype=np.int64))
-                # Instance ids index the job's own tracks, so equal bytes mean equal lookups in any job.
-                signature = b"|".join(column.tobytes() for column in table)
-                if signature not in table_ids:
-                    table_ids[signature] = len(luts)
-                    luts.append(table)
-                frame_tables.append(table_ids[signature])
-        index.labels_table = tuple(pairs)
-        index.frame_job = np.array(columns["job"], dtype=np.int32)
-        index.frame_position = np.array(columns["position"], dtype=np.int32)
-        index.legacy = np.array(columns["legacy"], dtype=bool)
-        index.frame_ids = StringTable(columns["frame"])
-        index.sensor_ids = StringTable(columns["sensor"])
-        index.pointcloud_urls = StringTable(columns["points"])
-        index.mask_urls = StringTable(columns["mask"])
-        index.ego_poses = np.array(columns["ego"], dtype=np.float64).reshape(-1, 7)
-        index.camera_poses = np.array(columns["cams"], dtype=np.float64).reshape(-1, 7)
-        index.camera_offsets = np.concatenate([[0], np.cumsum(columns["ncam"], dtype=np.int64)]).astype(np.int64)
-        index.frame_table = np.array(frame_tables, dtype=np.int32)
-        index.lut_offsets = np.concatenate([[0], np.cumsum([len(t[0]) for t in luts], dtype=np.int64)])
-        index.lut_offsets = index.lut_offsets.astype(np.int64)
-        # Keys stay int64 (any integer Playment sends); the rest fits int32, which keeps a big index small.
-        for position, name in enumerate(_LUT_COLUMNS):
-            dtype = np.int64 if name == "lut_keys" else np.int32
-            parts = [t[position] for t in luts]
-            setattr(index, name, np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype))
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        out = io.BytesIO()
+        np.savez(out, **arrays)  # type: ignore[arg-type]
+        return out.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | np.ndarray) -> FrameIndex:
+        """Read what :meth:`to_bytes` wrote; call :meth:`apply_classes` before mapping labels.
+
+        Raises:
+            ValueError: the bytes are not an index of this format version.
+        """
+        buffer = io.BytesIO(data.tobytes() if isinstance(data, np.ndarray) else data)
+        with np.load(buffer, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
+        if meta.get("version") != INDEX_FORMAT:
+            raise ValueError(f"index format {meta.get('version')!r}, expected {INDEX_FORMAT}")
+        index = cls()
+        index.project_id = meta["project_id"]
+        index.labels_table = tuple((label, class_id) for label, class_id in meta["labels_table"])
+        index.skipped_frames = int(meta["skipped_frames"])
+        for job in meta["jobs"]:
+            cameras = tuple(
+                Camera(**{**c, "radial": tuple(c["radial"]), "tangential": tuple(c["tangential"])})
+                for c in job["cameras"]
+            )
+            info = JobInfo(
+                job["job_id"], job["digest"], cameras, _intrinsics(cameras), tuple(job["tracks"]), job["result_url"]
+            )
+            index.jobs.append(info)
+        for name in _STRING_COLUMNS:
+            parts = {key.split(".", 1)[1]: arrays.pop(key) for key in list(arrays) if key.startswith(name + ".")}
+            setattr(index, name, StringTable._from_parts(parts))
+        for name, array in arrays.items():
+            setattr(index, name, array)
+        index.lut_classes = np.zeros(0, dtype=np.int32)
         return index
 
     def __len__(self) -> int:
@@ -340,6 +417,7 @@ class FrameIndex:
         out.camera_offsets = _offsets_of(self.camera_offsets, rows)
         # Tables are shared and small: the subset keeps all of them and selects frames only.
         out.frame_table = self.frame_table[rows]
+        out.skipped_frames = self.skipped_frames
         out.lut_offsets = self.lut_offsets
         for name in _LUT_COLUMNS:
             setattr(out, name, getattr(self, name))
@@ -353,6 +431,163 @@ class FrameIndex:
             if isinstance(value, (np.ndarray, StringTable)):
                 total += value.nbytes
         return total
+
+
+class _StringColumn:
+    """A :class:`StringTable` grown job by job: per job a few numpy arrays, never one object per string."""
+
+    def __init__(self) -> None:
+        self._heads: dict[str, int] = {}
+        self._head_ids: list[np.ndarray] = []
+        self._tails: list[bytes] = []
+        self._lengths: list[np.ndarray] = []
+
+    def extend(self, strings: Sequence[str]) -> None:
+        ids = np.empty(len(strings), dtype=np.int32)
+        tails = []
+        for i, text in enumerate(strings):
+            cut = text.rfind("/") + 1
+            ids[i] = self._heads.setdefault(text[:cut], len(self._heads))
+            tails.append(text[cut:].encode("utf-8"))
+        self._head_ids.append(ids)
+        self._tails.append(b"".join(tails))
+        self._lengths.append(np.fromiter(map(len, tails), dtype=np.int64, count=len(tails)))
+
+    def finish(self) -> StringTable:
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        heads = _Packed(self._heads)
+        head_ids = np.concatenate(self._head_ids) if self._head_ids else np.zeros(0, dtype=np.int32)
+        tails = np.frombuffer(b"".join(self._tails), dtype=np.uint8)
+        return StringTable._from_parts(
+            {
+                "heads": heads.buffer,
+                "head_offsets": heads.offsets,
+                "head_ids": head_ids,
+                "tails": tails,
+                "tail_offsets": offsets,
+            }
+        )
+
+
+def _intrinsics(cameras: Sequence[Camera]) -> np.ndarray:
+    return np.stack([c.matrix() for c in cameras]) if cameras else np.zeros((0, 3, 3))
+
+
+class IndexBuilder:
+    """Builds a :class:`FrameIndex` one job at a time, keeping only numpy columns between jobs.
+
+    A 2,000-job project's parsed results are gigabytes of Python objects; the index is megabytes. Each
+    :meth:`add` turns one job's result into a few arrays and drops every reference to it, so memory stays
+    near the size of the finished index however many jobs there are.
+
+    Args:
+        project_id: The project.
+    """
+
+    def __init__(self, project_id: str) -> None:
+        self.project_id = project_id
+        self.jobs: list[JobInfo] = []
+        self._pairs: dict[tuple[str, str], int] = {}
+        self._table_ids: dict[bytes, int] = {}
+        self._tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._columns: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("job", "position", "legacy", "ego", "cams", "ncam", "table")
+        }
+        self._strings = {name: _StringColumn() for name in _STRING_COLUMNS}
+        self._skipped = 0
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self._columns["job"])
+
+    def add(self, result: JobResult, digest: str, *, result_url: str = "") -> None:
+        """Append one job's frames (in the job's frame order).
+
+        Args:
+            result: The job's parsed result.
+            digest: Identifies the result's content (a relabelled job gets a new one).
+            result_url: Where the result came from (kept without its signature parameters).
+        """
+        job_number = len(self.jobs)
+        tracks: dict[str, int] = {}
+        for entry in result.labels:
+            if entry.track_id and entry.track_id not in tracks:
+                tracks[entry.track_id] = len(tracks)
+        info = JobInfo(
+            result.job_id,
+            digest,
+            result.cameras,
+            _intrinsics(result.cameras),
+            tuple(tracks),
+            redact_url(result_url) if result_url else "",
+        )
+        self.jobs.append(info)
+        self._skipped += len(result.skipped_frames)
+        frames = result.frames
+        count = len(frames)
+        columns = self._columns
+        columns["job"].append(np.full(count, job_number, dtype=np.int32))
+        columns["position"].append(np.array([f.frame_index for f in frames], dtype=np.int32))
+        columns["legacy"].append(np.array([f.legacy for f in frames], dtype=bool))
+        columns["ego"].append(np.array([_pose_vector(f.ego_pose) for f in frames], dtype=np.float64).reshape(-1, 7))
+        columns["cams"].append(
+            np.array([_pose_vector(p) for f in frames for p in f.camera_poses], dtype=np.float64).reshape(-1, 7)
+        )
+        columns["ncam"].append(np.array([len(f.camera_poses) for f in frames], dtype=np.int64))
+        self._strings["frame_ids"].extend([f.frame_id for f in frames])
+        self._strings["sensor_ids"].extend([f.sensor_id for f in frames])
+        self._strings["pointcloud_urls"].extend([f.pointcloud_url for f in frames])
+        self._strings["mask_urls"].extend([f.mask_url for f in frames])
+        tables = np.empty(count, dtype=np.int32)
+        pairs = self._pairs
+        for i, frame in enumerate(frames):
+            ordered = sorted(frame.labels, key=lambda e: e.label_key)
+            keys = np.array([e.label_key for e in ordered], dtype=np.int64)
+            labels = np.array([pairs.setdefault((e.label, e.class_id), len(pairs)) for e in ordered], dtype=np.int32)
+            instances = np.array([tracks.get(e.track_id, -1) if e.track_id else -1 for e in ordered], dtype=np.int32)
+            # Instance ids index the job's own tracks and labels a project-wide table, so equal bytes mean
+            # equal lookups in any job: frames share one table.
+            signature = keys.tobytes() + b"|" + labels.tobytes() + b"|" + instances.tobytes()
+            table = self._table_ids.get(signature)
+            if table is None:
+                table = self._table_ids[signature] = len(self._tables)
+                self._tables.append((keys, instances, labels))
+            tables[i] = table
+        columns["table"].append(tables)
+
+    def finish(self) -> FrameIndex:
+        """The index of every job added, without class indices (see :meth:`FrameIndex.apply_classes`)."""
+        index = FrameIndex()
+        index.project_id = self.project_id
+        index.jobs = self.jobs
+        index.labels_table = tuple(self._pairs)
+        index.skipped_frames = self._skipped
+
+        def joined(name: str, dtype: type, shape: tuple[int, ...] = ()) -> np.ndarray:
+            parts = self._columns[name]
+            return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros((0, *shape), dtype=dtype)
+
+        index.frame_job = joined("job", np.int32)
+        index.frame_position = joined("position", np.int32)
+        index.legacy = joined("legacy", bool)
+        index.ego_poses = joined("ego", np.float64, (7,))
+        index.camera_poses = joined("cams", np.float64, (7,))
+        index.camera_offsets = np.concatenate([[0], np.cumsum(joined("ncam", np.int64))]).astype(np.int64)
+        index.frame_table = joined("table", np.int32)
+        for name, column in self._strings.items():
+            setattr(index, name, column.finish())
+        lengths = np.array([len(t[0]) for t in self._tables], dtype=np.int64)
+        index.lut_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        # Keys stay int64 (any integer Playment sends); the rest fits int32, which keeps a big index small.
+        for position, name in enumerate(("lut_keys", "lut_instances", "lut_labels")):
+            dtype = np.int64 if name == "lut_keys" else np.int32
+            parts = [t[position] for t in self._tables]
+            setattr(index, name, np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype))
+        index.lut_classes = np.zeros(0, dtype=np.int32)
+        self._columns = {k: [] for k in self._columns}
+        self._tables = []
+        return index
 
 
 def _ranges(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -136,9 +136,10 @@ def test_never_refresh_lists_what_is_not_cached(server, tmp_path):
     with pytest.raises(CacheError, match=r"refresh='never'.*not cached.*project details"):
         PlaymentSegmentationDataset(server.project_id, cache_dir=str(tmp_path), refresh="never")
     ds = make_dataset(server, tmp_path)  # resolves and caches the results, but downloads no frame
-    offline = PlaymentSegmentationDataset(server.project_id, cache_dir=str(tmp_path), refresh="never")
-    with pytest.raises(CacheError, match=rf"job {ds.frames[0].job_id}, frame 0: .*not cached and refresh='never'"):
-        offline[0]
+    # Construction says up front which frames are missing (it used to build and fail at ds[0]).
+    missing = rf"refresh='never' but 2 of 2 frames are not cached: job {ds.frames[0].job_id}"
+    with pytest.raises(CacheError, match=missing):
+        PlaymentSegmentationDataset(server.project_id, cache_dir=str(tmp_path), refresh="never")
 
 
 def _entry_files(cache_dir: Path) -> list[Path]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from playment_torch.geometry import Camera, Pose
-from playment_torch.index import FrameIndex, StringTable, pose_matrices
+from playment_torch.index import FrameIndex, IndexBuilder, StringTable, pose_matrices
 from playment_torch.labels import ClassMap
 from playment_torch.models import FrameRef, JobResult, LabelEntry
 
@@ -103,3 +103,60 @@ def test_frame_refs_survive_the_index_and_its_subsets():
         np.testing.assert_array_equal(
             subset.classes_of(i, mask, -100), index.classes_of(int(np.flatnonzero(keep)[i]), mask, -100)
         )
+
+
+def test_index_round_trips_through_bytes_and_takes_any_class_map_afterwards():
+    camera = Camera("c1", "front", "fisheye", 900.0, 910.0, 640.0, 360.0, radial=(0.1, 0.01))
+    results = [frames_of("job-a", 5, (camera,)), frames_of("job-b", 4, ())]
+    built = FrameIndex.build("p", ((r, f"digest-{r.job_id}") for r in results), ClassMap(["pole", "car"]))
+    data = built.to_bytes()
+    assert b"pickle" not in data[:64]
+    loaded = FrameIndex.from_bytes(np.frombuffer(data, dtype=np.uint8))
+    assert loaded.label_names == {"car", "road", "pole"}
+    loaded.apply_classes(ClassMap(["pole", "car"]))
+    assert len(loaded) == len(built) == 9 and loaded.nbytes == built.nbytes
+    mask = np.array([0, 1, 2, 3, 9], dtype=np.int64)
+    for i in range(len(built)):
+        assert loaded.frame_ref(i) == built.frame_ref(i)
+        np.testing.assert_array_equal(loaded.poses(i), built.poses(i))
+        np.testing.assert_array_equal(loaded.classes_of(i, mask, -100), built.classes_of(i, mask, -100))
+    assert loaded.jobs[0].cameras == (camera,) and loaded.jobs[0].digest == "digest-job-a"
+    np.testing.assert_array_equal(loaded.jobs[0].intrinsics, built.jobs[0].intrinsics)
+    # Another class map on the same cached index: keys 0, 1, 2 are car, road, pole in every frame that has them.
+    loaded.apply_classes(ClassMap({"road": 0, "car": 1}, ignore_index=-1))
+    frame = 3  # keys 0..2
+    np.testing.assert_array_equal(loaded.classes_of(frame, mask, -1), [1, 0, -1, -1, -1])
+    with pytest.raises(ValueError, match="index format"):
+        FrameIndex.from_bytes(_with_version(data, 1))
+
+
+def _with_version(data: bytes, version: int) -> bytes:
+    import io
+    import json
+
+    with np.load(io.BytesIO(data)) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    meta["version"] = version
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+def test_builder_keeps_arrays_not_results_and_equals_a_one_shot_build():
+    results = [frames_of(f"job-{n}", 3 + n % 3, ()) for n in range(10)]
+    builder = IndexBuilder("p")
+    for result in results:
+        builder.add(result, "d", result_url=f"https://host/{result.job_id}.json?X-Amz-Signature=secret")
+    assert len(builder) == sum(len(r.frames) for r in results)
+    streamed = builder.finish()
+    streamed.apply_classes(ClassMap(None, available=["car", "road", "pole"]))
+    whole = FrameIndex.build("p", [(r, "d") for r in results], ClassMap(None, available=["car", "road", "pole"]))
+    for name, value in vars(whole).items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(getattr(streamed, name), value, err_msg=name)
+        elif isinstance(value, StringTable):
+            assert list(getattr(streamed, name)) == list(value), name
+    # The result URL is kept as an identity, without its signature.
+    assert streamed.jobs[0].result_url == "https://host/job-0.json"
