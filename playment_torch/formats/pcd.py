@@ -561,11 +561,22 @@ def _dimensions(entries: dict[str, tuple[list[str], int]]) -> tuple[int, int, in
     return width, height, points
 
 
-def read_pcd(source: bytes | bytearray | memoryview | str | os.PathLike[str]) -> PointCloud:
+def read_pcd(
+    source: bytes | bytearray | memoryview | str | os.PathLike[str], *, require_final_newline: bool | None = None
+) -> PointCloud:
     """Decode a PCD file (``ascii``, ``binary`` or ``binary_compressed``; VERSION .5 to .7).
+
+    An ASCII file holds exactly POINTS rows (blank lines aside; rows after them are ignored, as PCL does). A
+    body cut inside its last number would still parse (``0.0035`` of ``0.003582``), so the last value of the
+    last point must be followed by something: its line break (or other whitespace), or further rows. Bytes
+    are checked that way by default, because a download whose connection closed early looks exactly like
+    that. A file read from a path ends where the file system says, and is read as PCL reads it: a last row
+    without a line break is complete (some real files end so).
 
     Args:
         source: The file's bytes, or a path to it.
+        require_final_newline: Whether an ASCII file's last point must be followed by whitespace or more
+            rows. ``None`` (default): required for bytes, not for paths.
 
     Returns:
         The cloud: :attr:`PointCloud.data` is a writable structured array with a packed little-endian dtype
@@ -575,9 +586,12 @@ def read_pcd(source: bytes | bytearray | memoryview | str | os.PathLike[str]) ->
     Raises:
         PlaymentFormatError: The header is malformed or lies (sizes, counts, dimensions), the data is
             truncated, an ASCII line has the wrong number of values or a value that does not parse (the
-            message names the line), or compressed data is corrupt or its declared sizes are impossible.
+            message names the line), the last ASCII value may be cut off (see above; the message names its
+            line and byte offset), or compressed data is corrupt or its declared sizes are impossible.
         OSError: ``source`` is a path that cannot be read.
     """
+    if require_final_newline is None:
+        require_final_newline = not isinstance(source, str | os.PathLike)
     buf, owned = _load_source(source)
     header, padding = _parse_header(buf)
     if header.encoding == "binary":
@@ -586,6 +600,8 @@ def read_pcd(source: bytes | bytearray | memoryview | str | os.PathLike[str]) ->
         data = _decode_compressed(buf, header, padding)
     else:
         data = _decode_ascii(buf, header)
+        if require_final_newline and header.points:
+            _check_ascii_end(buf, header)
     return PointCloud(data=data, header=header)
 
 
@@ -697,6 +713,34 @@ def _decode_ascii(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
     if data.shape[0] != n:
         raise _ascii_error(buf, header, None)
     return data
+
+
+_WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
+
+
+def _check_ascii_end(buf: bytes | bytearray, header: PCDHeader) -> None:
+    """Refuse ASCII data whose last point's last value may have been cut off (nothing follows it).
+
+    Called once the POINTS rows parsed. Data ending in whitespace is complete; otherwise the unterminated last
+    line must be a row after the POINTS rows (which PCL ignores), not the last point itself.
+    """
+    if buf[-1] in _WHITESPACE:
+        return
+    last_break = max(buf.rfind(b"\n"), buf.rfind(b"\r"), header.data_offset - 1)
+    # Rare path (files without a final newline): count the rows before the unterminated line.
+    rows_before = sum(1 for line in bytes(buf[header.data_offset : last_break + 1]).splitlines() if line.strip())
+    if rows_before >= header.points:
+        return
+    token_start = len(buf)
+    while token_start > last_break + 1 and buf[token_start - 1] not in _WHITESPACE:
+        token_start -= 1
+    line = buf.count(b"\n", 0, len(buf)) + 1
+    shown = bytes(buf[token_start : token_start + 40]).decode("latin-1")
+    raise _fail(
+        f"ASCII data ends on line {line} without a line break after the last value of point {header.points} "
+        f"({shown!r} at byte {token_start}): the value may be cut off, as in a truncated download. A file "
+        "written without a final newline decodes from its path, or with require_final_newline=False"
+    )
 
 
 def _data_stream(buf: bytes | bytearray, start: int) -> io.BytesIO:
