@@ -15,12 +15,14 @@ points (the ``binary`` layout), so a ``binary`` file maps onto its bytes without
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import BinaryIO
 
 import lzf
@@ -703,16 +705,103 @@ def _decode_ascii(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
     # splitting on any whitespace, so try that first; fall back for tabs, runs of spaces or trailing spaces.
     # BytesIO over bytes shares their buffer, so seeking past the header costs no copy. Like PCL, read POINTS
     # rows and ignore whatever follows them (max_rows does not count blank lines).
+    # float32 fields are parsed as float64 and rounded below: numpy's float32 parse is a float64 parse and a
+    # cast, which rounds twice and is wrong for decimals that fall next to the midpoint of two float32s.
+    parse_dtype = _packed_dtype(
+        header.fields,
+        header.types,
+        [8 if t == "F" else s for t, s in zip(header.types, header.sizes, strict=True)],
+        header.counts,
+    )
     try:
-        data = np.loadtxt(_data_stream(buf, start), dtype=dtype, comments=None, delimiter=" ", ndmin=1, max_rows=n)
+        parsed = np.loadtxt(
+            _data_stream(buf, start), dtype=parse_dtype, comments=None, delimiter=" ", ndmin=1, max_rows=n
+        )
     except ValueError:
         try:
-            data = np.loadtxt(_data_stream(buf, start), dtype=dtype, comments=None, ndmin=1, max_rows=n)
+            parsed = np.loadtxt(_data_stream(buf, start), dtype=parse_dtype, comments=None, ndmin=1, max_rows=n)
         except ValueError as exc:
             raise _ascii_error(buf, header, exc) from exc
-    if data.shape[0] != n:
+    if parsed.shape[0] != n:
         raise _ascii_error(buf, header, None)
+    if parse_dtype == dtype:
+        return parsed
+    data = np.empty(n, dtype=dtype)
+    column = 0
+    for name, type_, size, count in zip(header.fields, header.types, header.sizes, header.counts, strict=True):
+        values = parsed[name]
+        if type_ == "F" and size == 4:
+            values = _to_float32(values, functools.partial(_ascii_token, buf, header, first_column=column))
+        data[name] = values
+        column += count
     return data
+
+
+_FLOAT32_OVERFLOW = 2.0**128 - 2.0**103  # decimals from here up round to inf in float32
+
+
+def _to_float32(values: np.ndarray, token: Callable[[int, int], bytes]) -> np.ndarray:
+    """Round float64 values parsed from decimals to float32 as a direct decimal -> float32 parse would.
+
+    A float64 rounding of a decimal can only mislead the cast when it lands exactly on the midpoint of two
+    float32 values (the cast then rounds to even, though the decimal itself was above or below). Those rare
+    values are found by their bits and settled exactly from their decimal text.
+
+    Args:
+        values: ``(N,)`` or ``(N, COUNT)`` float64 values, as parsed.
+        token: ``token(row, k)``: the decimal text of value ``k`` of row ``row`` (error path only).
+
+    Returns:
+        The float32 array, correctly rounded from the decimals.
+    """
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        result = values.astype(np.float32)  # beyond float32's range: inf, as a direct parse gives
+    magnitude = np.abs(values)
+    bits = values.view(np.uint64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # Normal float32 range: 29 float64 mantissa bits below float32's, exactly "1000...0" at a midpoint (up
+        # to the midpoint between the largest float32 and the next power of two, where rounding overflows).
+        normal = (
+            (magnitude >= 2.0**-126)
+            & (magnitude <= _FLOAT32_OVERFLOW)
+            & ((bits & np.uint64(0x1FFFFFFF)) == np.uint64(0x10000000))
+        )
+        # Below it float32 is evenly spaced by 2**-149: a midpoint is an odd multiple of 2**-150.
+        scaled = magnitude * 2.0**149
+        tiny = (magnitude < 2.0**-126) & (scaled - np.floor(scaled) == 0.5)
+    candidates = np.argwhere(np.isfinite(values) & (normal | tiny))
+    for where in candidates:
+        index = tuple(int(i) for i in where)
+        midpoint = Fraction(float(values[index]))
+        try:
+            exact = Fraction(token(index[0], index[1] if len(index) > 1 else 0).decode("ascii"))
+        except ValueError:  # pragma: no cover - numpy parsed it as a decimal, so Fraction does too
+            continue
+        if exact == midpoint:
+            continue  # a true tie: round to even, as the cast did
+        # The cast gave one of the two float32 values around the midpoint; the decimal says which is right.
+        cast = result[index]
+        with np.errstate(over="ignore"):
+            if cast < midpoint:
+                low, high = cast, np.nextafter(cast, np.float32(np.inf))
+            else:
+                low, high = np.nextafter(cast, np.float32(-np.inf)), cast
+        result[index] = high if exact > midpoint else low
+    return result
+
+
+def _ascii_token(buf: bytes | bytearray, header: PCDHeader, row: int, k: int, *, first_column: int) -> bytes:
+    """The text of value ``first_column + k`` of data row ``row`` (counting rows with values; rare path only)."""
+    column = first_column + k
+    seen = 0
+    for line in bytes(buf[header.data_offset :]).splitlines():
+        tokens = line.split()
+        if tokens:
+            if seen == row:
+                return tokens[column]
+            seen += 1
+    raise _fail(f"ASCII row {row} not found")  # pragma: no cover - numpy just parsed this row
 
 
 _WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
