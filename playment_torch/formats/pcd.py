@@ -20,6 +20,7 @@ import io
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -724,15 +725,18 @@ def _decode_ascii_numpy(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray
         [8 if t == "F" else s for t, s in zip(header.types, header.sizes, strict=True)],
         header.counts,
     )
-    try:
-        parsed = np.loadtxt(
-            _data_stream(buf, start), dtype=parse_dtype, comments=None, delimiter=" ", ndmin=1, max_rows=n
-        )
-    except ValueError:
+    with warnings.catch_warnings():
+        # numpy says once per call that blank lines do not count towards max_rows: that is what PCL does too.
+        warnings.filterwarnings("ignore", message="Input line", category=UserWarning)
         try:
-            parsed = np.loadtxt(_data_stream(buf, start), dtype=parse_dtype, comments=None, ndmin=1, max_rows=n)
-        except ValueError as exc:
-            raise _ascii_error(buf, header, exc) from exc
+            parsed = np.loadtxt(
+                _data_stream(buf, start), dtype=parse_dtype, comments=None, delimiter=" ", ndmin=1, max_rows=n
+            )
+        except ValueError:
+            try:
+                parsed = np.loadtxt(_data_stream(buf, start), dtype=parse_dtype, comments=None, ndmin=1, max_rows=n)
+            except ValueError as exc:
+                raise _ascii_error(buf, header, exc) from exc
     if parsed.shape[0] != n:
         raise _ascii_error(buf, header, None)
     if parse_dtype == dtype:
@@ -750,7 +754,7 @@ def _decode_ascii_numpy(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray
 
 # Bytes of the fast ASCII path: anything else (nan, inf, junk) takes numpy's tokenizer; "eE+" tokens are
 # parsed one at a time.
-_FAST_BYTES = b" \t\n\r\x0b\x0c0123456789.-eE+"
+_PLAIN_BYTES = b" \t\n\r\x0b\x0c0123456789.-"
 _POW10 = 10.0 ** np.arange(23)  # exact in float64
 _MAX_TOKEN = 18  # digits of an int64 mantissa that cannot overflow
 
@@ -772,17 +776,27 @@ def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray 
     used = n * ncols
     section = bytes(buf[header.data_offset :])
     raw = np.frombuffer(section, dtype=np.uint8)
-    if section.translate(None, _FAST_BYTES) or (b"\r" in section and section.count(b"\r") != section.count(b"\r\n")):
+    # One pass over the bytes: what is not whitespace, digit, dot or minus must be an exponent or a plus sign.
+    leftover = section.translate(None, _PLAIN_BYTES)
+    if leftover.translate(None, b"eE+") or (b"\r" in section and section.count(b"\r") != section.count(b"\r\n")):
         return None
     # Token boundaries: where whitespace stops and starts again.
-    space = np.ones(raw.size + 2, dtype=bool)
-    np.less_equal(raw, 32, out=space[1:-1])
-    starts = np.flatnonzero(space[:-2] & ~space[1:-1])
-    ends = np.flatnonzero(~space[1:-1] & space[2:]) + 1
+    # Every whole-buffer comparison writes into one scratch array: fresh 15 MB temporaries cost page faults
+    # (kernel time) on every call, about as much as the arithmetic itself.
+    inside = np.zeros(raw.size + 2, dtype=bool)
+    np.greater(raw, 32, out=inside[1:-1])  # not whitespace (the bytes were checked above)
+    scratch = np.empty(raw.size + 1, dtype=bool)
+    starts = np.flatnonzero(np.greater(inside[1:], inside[:-1], out=scratch))
+    ends = np.flatnonzero(np.greater(inside[:-1], inside[1:], out=scratch))
+    del inside
+
+    def positions(byte: int, end: int) -> np.ndarray:
+        return np.flatnonzero(np.equal(raw[:end], byte, out=scratch[:end]))
+
     if starts.size < used:
         return None
     # Rows: the tokens of each line; like PCL, the first POINTS lines holding values are the points.
-    breaks = np.flatnonzero(raw == ord("\n"))
+    breaks = positions(ord("\n"), raw.size)
     per_line = np.diff(np.concatenate(([0], np.searchsorted(starts, breaks), [starts.size])))
     holding = np.flatnonzero(per_line)
     if holding.size < n or np.any(per_line[holding[:n]] != ncols):
@@ -791,9 +805,9 @@ def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray 
     stop = int(ends[-1])
     lengths = ends - starts
     rare = lengths > _MAX_TOKEN
-    for code in (b"e", b"E", b"+"):
+    for code in (b"e", b"E", b"+") if leftover else ():
         if section.find(code, 0, stop) >= 0:
-            where = np.flatnonzero(raw[:stop] == code[0])
+            where = positions(code[0], stop)
             rare[np.searchsorted(ends, where, side="right")] = True
     rare_tokens = np.flatnonzero(rare)
     if rare_tokens.size > used // 64 + 8:
@@ -801,35 +815,31 @@ def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray 
     body: bytes | bytearray = section if stop == len(section) else section[:stop]
     if rare_tokens.size:
         body = bytearray(body)
-        for token in rare_tokens.tolist():  # a placeholder the integer parser reads; the value comes later
-            first, last = int(starts[token]), int(ends[token])
+        for rare_token in rare_tokens.tolist():  # a placeholder the integer parser reads; its value comes later
+            first, last = int(starts[rare_token]), int(ends[rare_token])
             body[first:last] = b"0" + b" " * (last - first - 1)
     # A minus sign starts a token and is followed by a digit, or by a dot and a digit (numpy reads "-" as 0).
-    minus = np.flatnonzero(raw[:stop] == ord("-"))
+    # Rare tokens are parsed from their text later: their signs and dots are not checked here.
+    minus = positions(ord("-"), stop)
     negative = np.zeros(used, dtype=bool)
     if minus.size:
         owner = np.searchsorted(starts, minus, side="right") - 1  # the token holding it
-        if rare_tokens.size:
-            keep = ~rare[owner]
-            minus, owner = minus[keep], owner[keep]
-        if minus.size:
-            if int(minus[-1]) + 2 > stop or np.any(starts[owner] != minus):
-                return None
-            after = raw[minus + 1] - np.uint8(48)  # a digit is 0..9 after this (uint8 wraps the rest)
-            second = raw[np.minimum(minus + 2, stop - 1)] - np.uint8(48)
-            if not np.all((after < 10) | ((raw[minus + 1] == ord(".")) & (minus + 2 < stop) & (second < 10))):
-                return None
-            negative[owner] = True
+        after = raw[np.minimum(minus + 1, stop - 1)] - np.uint8(48)  # a digit is 0..9 (uint8 wraps the rest)
+        second = raw[np.minimum(minus + 2, stop - 1)] - np.uint8(48)
+        good = (starts[owner] == minus) & (minus + 1 < stop)
+        dot_next = raw[np.minimum(minus + 1, stop - 1)] == ord(".")
+        good &= (after < 10) | (dot_next & (minus + 2 < stop) & (second < 10))
+        if not good.all() and not rare[owner[~good]].all():
+            return None
+        negative[owner] = True
     # Dots: at most one per token; the digits after it scale the mantissa.
-    dots = np.flatnonzero(raw[:stop] == ord("."))
+    dots = positions(ord("."), stop)
     scale = np.zeros(used, dtype=np.int64)
     has_dot = np.zeros(used, dtype=bool)
     if dots.size:
         owner = np.searchsorted(ends, dots, side="right")
-        if rare_tokens.size:
-            keep = ~rare[owner]
-            dots, owner = dots[keep], owner[keep]
-        if owner.size > 1 and np.any(np.diff(owner) == 0):
+        repeated = np.flatnonzero(owner[1:] == owner[:-1])
+        if repeated.size and not rare[owner[repeated]].all():
             return None
         scale[owner] = ends[owner] - dots - 1
         has_dot[owner] = True
