@@ -11,6 +11,13 @@ PCL's own reader and writer (``io/src/pcd_io.cpp``) are the reference for layout
 
 Decoded clouds are numpy structured arrays with an explicit little-endian dtype laid out like the file's
 points (the ``binary`` layout), so a ``binary`` file maps onto its bytes without conversion.
+
+ASCII decoding:
+
+* Values are exact: integers keep their full 64 bits, float64 values are correctly rounded, and float32 values
+  round as a direct decimal -> float32 parse does (numpy's own float32 parse rounds twice).
+* numpy's C tokenizer does the parsing (per field type); an error names the line at fault.
+* Bytes must not end inside the last value (see :func:`read_pcd`): a cut download is an error, not a cloud.
 """
 
 from __future__ import annotations
@@ -701,17 +708,6 @@ def _decode_ascii(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
     # Each value takes at least one byte plus one separator: refuse impossible claims before parsing.
     if len(buf) - start < n * 2 * ncols - 1:
         raise _ascii_error(buf, header, None)
-    fast = _decode_ascii_fast(buf, header)
-    if fast is not None:
-        return fast
-    return _decode_ascii_numpy(buf, header)
-
-
-def _decode_ascii_numpy(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
-    """The general ASCII path: numpy's tokenizer, any spelling it reads, and errors that name the line."""
-    dtype = header.dtype()
-    n = header.points
-    start = header.data_offset
     # np.loadtxt is a C tokenizer: it parses integers as integers (full int64/uint64 precision), floats with
     # nan/inf, and rejects out-of-range or malformed values. A single-space delimiter is ~10% faster than
     # splitting on any whitespace, so try that first; fall back for tabs, runs of spaces or trailing spaces.
@@ -750,197 +746,6 @@ def _decode_ascii_numpy(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray
         data[name] = values
         column += count
     return data
-
-
-# Bytes of the fast ASCII path: anything else (nan, inf, junk) takes numpy's tokenizer; "eE+" tokens are
-# parsed one at a time.
-_PLAIN_BYTES = b" \t\n\r\x0b\x0c0123456789.-"
-_POW10 = 10.0 ** np.arange(23)  # exact in float64
-_MAX_TOKEN = 18  # digits of an int64 mantissa that cannot overflow
-
-
-def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray | None:
-    """Decode plain-decimal ASCII data with whole-buffer numpy operations, or return ``None``.
-
-    Most ASCII PCD values are plain decimals (``-12.345``). Removing the dots turns each into an integer
-    mantissa that numpy's integer parser reads several times faster than its float parser; the digits after
-    each dot give the power of ten to divide by. A mantissa below 2**53 divided by an exact power of ten up to
-    1e22 is one correctly rounded float64 operation, so values are exact (float32 as :func:`_to_float32`
-    makes them). Tokens with an exponent, a plus sign or more than 18 characters are parsed one by one.
-
-    Anything unusual (nan/inf, junk, malformed or out-of-range values, rows of the wrong length, many rare
-    tokens) returns ``None``: the general path then decodes it or names the line at fault.
-    """
-    n = header.points
-    ncols = sum(header.counts)
-    used = n * ncols
-    section = bytes(buf[header.data_offset :])
-    raw = np.frombuffer(section, dtype=np.uint8)
-    # One pass over the bytes: what is not whitespace, digit, dot or minus must be an exponent or a plus sign.
-    leftover = section.translate(None, _PLAIN_BYTES)
-    if leftover.translate(None, b"eE+") or (b"\r" in section and section.count(b"\r") != section.count(b"\r\n")):
-        return None
-    # Token boundaries: where whitespace stops and starts again.
-    # Every whole-buffer comparison writes into one scratch array: fresh 15 MB temporaries cost page faults
-    # (kernel time) on every call, about as much as the arithmetic itself.
-    inside = np.zeros(raw.size + 2, dtype=bool)
-    np.greater(raw, 32, out=inside[1:-1])  # not whitespace (the bytes were checked above)
-    scratch = np.empty(raw.size + 1, dtype=bool)
-    starts = np.flatnonzero(np.greater(inside[1:], inside[:-1], out=scratch))
-    ends = np.flatnonzero(np.greater(inside[:-1], inside[1:], out=scratch))
-    del inside
-
-    def positions(byte: int, end: int) -> np.ndarray:
-        return np.flatnonzero(np.equal(raw[:end], byte, out=scratch[:end]))
-
-    if starts.size < used:
-        return None
-    # Rows: the tokens of each line; like PCL, the first POINTS lines holding values are the points.
-    breaks = positions(ord("\n"), raw.size)
-    per_line = np.diff(np.concatenate(([0], np.searchsorted(starts, breaks), [starts.size])))
-    holding = np.flatnonzero(per_line)
-    if holding.size < n or np.any(per_line[holding[:n]] != ncols):
-        return None
-    starts, ends = starts[:used], ends[:used]
-    stop = int(ends[-1])
-    lengths = ends - starts
-    rare = lengths > _MAX_TOKEN
-    for code in (b"e", b"E", b"+") if leftover else ():
-        if section.find(code, 0, stop) >= 0:
-            where = positions(code[0], stop)
-            rare[np.searchsorted(ends, where, side="right")] = True
-    rare_tokens = np.flatnonzero(rare)
-    if rare_tokens.size > used // 64 + 8:
-        return None
-    body: bytes | bytearray = section if stop == len(section) else section[:stop]
-    if rare_tokens.size:
-        body = bytearray(body)
-        for rare_token in rare_tokens.tolist():  # a placeholder the integer parser reads; its value comes later
-            first, last = int(starts[rare_token]), int(ends[rare_token])
-            body[first:last] = b"0" + b" " * (last - first - 1)
-    # A minus sign starts a token and is followed by a digit, or by a dot and a digit (numpy reads "-" as 0).
-    # Rare tokens are parsed from their text later: their signs and dots are not checked here.
-    minus = positions(ord("-"), stop)
-    negative = np.zeros(used, dtype=bool)
-    if minus.size:
-        owner = np.searchsorted(starts, minus, side="right") - 1  # the token holding it
-        after = raw[np.minimum(minus + 1, stop - 1)] - np.uint8(48)  # a digit is 0..9 (uint8 wraps the rest)
-        second = raw[np.minimum(minus + 2, stop - 1)] - np.uint8(48)
-        good = (starts[owner] == minus) & (minus + 1 < stop)
-        dot_next = raw[np.minimum(minus + 1, stop - 1)] == ord(".")
-        good &= (after < 10) | (dot_next & (minus + 2 < stop) & (second < 10))
-        if not good.all() and not rare[owner[~good]].all():
-            return None
-        negative[owner] = True
-    # Dots: at most one per token; the digits after it scale the mantissa.
-    dots = positions(ord("."), stop)
-    scale = np.zeros(used, dtype=np.int64)
-    has_dot = np.zeros(used, dtype=bool)
-    if dots.size:
-        owner = np.searchsorted(ends, dots, side="right")
-        repeated = np.flatnonzero(owner[1:] == owner[:-1])
-        if repeated.size and not rare[owner[repeated]].all():
-            return None
-        scale[owner] = ends[owner] - dots - 1
-        has_dot[owner] = True
-    try:
-        mantissa = np.fromstring(bytes(body.translate(None, b".")), dtype=np.int64, sep=" ")
-    except ValueError:
-        return None
-    if mantissa.size != used:
-        return None  # a token of dots alone vanished, or another malformed token
-
-    def text(index: int) -> bytes:
-        return section[int(starts[index]) : int(ends[index])]
-
-    data = np.empty(n, dtype=header.dtype())
-    column = 0
-    table = [a.reshape(n, ncols) for a in (mantissa, scale, negative, has_dot, rare)]
-    for name, type_, size, count in zip(header.fields, header.types, header.sizes, header.counts, strict=True):
-        # One field's cells, row by row: (n, count) views of the token table, copied flat.
-        field = [a[:, column : column + count].reshape(-1) for a in table]
-        converted = _fast_column(type_, size, *field[:4])
-        if converted is None:
-            return None
-        values, inexact = converted
-        by_text = np.flatnonzero(field[4] | inexact)
-        if by_text.size > used // 64 + 8:
-            return None
-        for index in by_text.tolist():
-            row, k = divmod(index, count)
-            value = _rare_value(type_, size, text(row * ncols + column + k))
-            if value is None:
-                return None
-            values[index] = value
-        values = values.reshape(n, count) if count > 1 else values
-        if type_ == "F" and size == 4:
-            values = _to_float32(values, functools.partial(_token_of, text, ncols, column))
-        data[name] = values
-        column += count
-    return data
-
-
-def _token_of(text: Callable[[int], bytes], ncols: int, column: int, row: int, k: int) -> bytes:
-    return text(row * ncols + column + k)
-
-
-# Quotients of 18-digit mantissas are exact in x87 extended precision (64-bit significand) where numpy has it.
-_EXTENDED = np.finfo(np.longdouble).nmant >= 63
-
-
-def _fast_column(
-    type_: str, size: int, mantissa: np.ndarray, scale: np.ndarray, negative: np.ndarray, has_dot: np.ndarray
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """One field's values from mantissas and scales, and which of them must be parsed from their text.
-
-    Returns:
-        ``(values, inexact)``: int64/uint64 values for integer fields, float64 for float fields; ``inexact``
-        marks values this arithmetic cannot round exactly. ``None`` when the field's values are not valid.
-    """
-    inexact = np.zeros(mantissa.shape, dtype=bool)
-    if type_ != "F":
-        if has_dot.any() or (type_ == "U" and negative.any()):
-            return None  # "4.0" is not an integer, nor "-0" an unsigned one (numpy's tokenizer agrees)
-        low, high = _int_range(type_, size)
-        if mantissa.size and (int(mantissa.min()) < low or int(mantissa.max()) > high):
-            return None
-        return mantissa.astype(np.uint64 if type_ == "U" else np.int64), inexact
-    # Below 2**53 and 1e22 both operands are exact doubles: one division, correctly rounded (Clinger).
-    simple = (np.abs(mantissa) < 2**53) & (scale <= 22)
-    values = mantissa.astype(np.float64) / _POW10[np.minimum(scale, 22)]
-    if not simple.all():
-        hard = np.flatnonzero(~simple)
-        if _EXTENDED:
-            # m / 10**s rounded to 64 bits, then to 53: wrong only if the first rounding lands on a float64
-            # midpoint (low 11 of 64 significand bits exactly 0b10000000000); those go by their text.
-            quotient = mantissa[hard].astype(np.longdouble) / (np.longdouble(10) ** scale[hard].astype(np.longdouble))
-            significand, _ = np.frexp(quotient)
-            low_bits = (np.abs(significand) * np.longdouble(2.0**64)).astype(np.uint64) & np.uint64(0x7FF)
-            values[hard] = quotient.astype(np.float64)
-            inexact[hard] = (low_bits == np.uint64(0x400)) | (scale[hard] > 27)
-        else:
-            inexact[hard] = True
-    values[negative & (mantissa == 0)] = -0.0
-    return values, inexact
-
-
-def _int_range(type_: str, size: int) -> tuple[int, int]:
-    bits = 8 * size
-    return (0, 2**bits - 1) if type_ == "U" else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-
-
-def _rare_value(type_: str, size: int, token: bytes) -> float | int | None:
-    """A token the integer parser cannot read (exponent, plus sign, many digits), exactly, or ``None``."""
-    try:
-        if type_ == "F":
-            return float(token)  # correctly rounded to float64; float32 is settled by _to_float32
-        value = int(token) if len(token) <= 24 else None
-    except ValueError:
-        return None
-    if value is None:
-        return None
-    low, high = _int_range(type_, size)
-    return value if low <= value <= high else None
 
 
 _FLOAT32_OVERFLOW = 2.0**128 - 2.0**103  # decimals from here up round to inf in float32
