@@ -2,14 +2,17 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_formats.py [--repeat N]
+    python benchmarks/bench_formats.py [--repeat N] [--seed S]
 
 Cases: a synthetic 120k-point ``x y z intensity ring`` cloud (float32 x4 + uint16) in every encoding, the real
 240k-point scan ``../shared/data/pcd/files/patchwork__000000.pcd`` (binary_compressed as shipped, re-encoded to
-binary and ascii), and a 120k-key mask. Every reader decodes the same bytes from memory; timings are the best
-of N interleaved rounds (``time.perf_counter``). Peers: pypcd4 and open3d where importable (skipped cleanly otherwise),
-``np.loadtxt`` for ASCII, ``np.array(json.loads(...))`` for masks. MB/s counts decoded bytes (the structured
-array's ``nbytes``); "speedup" is peer time / playment_torch time (above 1 = playment_torch is faster).
+binary and ascii), and a 120k-key mask. Every reader decodes the same bytes from memory. Timing cannot favour
+anyone: each round runs every reader once in a freshly shuffled order (a reader that follows a heavy one, such
+as open3d, pays for its cache misses, so a fixed order would hand that cost to the same reader every time),
+and the table reports the **median** of N rounds (``time.perf_counter``), with the best beside it. Peers where
+importable (skipped cleanly otherwise): pypcd4, open3d, pcd_py (a Rust reader), ``np.loadtxt`` for ASCII;
+``json.loads`` + ``np.array`` and pysimdjson for masks. MB/s counts decoded bytes (the structured array's
+``nbytes``); "speedup" is peer median / playment_torch median (above 1 = playment_torch is faster).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import functools
 import io
 import json
 import os
+import random
+import statistics
 import sys
 import tempfile
 import time
@@ -38,27 +43,32 @@ REAL_SCAN = ROOT.parent / "shared" / "data" / "pcd" / "files" / "patchwork__0000
 ENCODINGS = ("binary", "binary_compressed", "ascii")
 
 
-def best_of(readers: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float | Exception]:
-    """Best wall time in seconds of each reader over ``repeat`` rounds.
+Timing = tuple[float, float] | Exception
 
-    The readers run round-robin (one call each per round), so load from other processes on the machine hits
-    every reader alike instead of whichever happened to be measured during a busy spell. A reader that raises
-    is dropped and its exception returned in place of a time.
+
+def median_of(readers: dict[str, Callable[[], Any]], repeat: int, rng: random.Random) -> dict[str, Timing]:
+    """Median and best wall time of each reader over ``repeat`` rounds, in a shuffled order every round.
+
+    A reader that raises is dropped and its exception returned in place of a timing.
     """
-    best: dict[str, float | Exception] = dict.fromkeys(readers, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in readers}
+    failed: dict[str, Exception] = {}
+    order = list(readers)
     for _ in range(repeat):
-        for name, fn in readers.items():
-            if isinstance(best[name], Exception):
+        rng.shuffle(order)
+        for name in order:
+            if name in failed:
                 continue
             start = time.perf_counter()
             try:
-                fn()
+                readers[name]()
             except Exception as exc:  # a peer that cannot read a file is reported, not fatal
-                best[name] = exc
+                failed[name] = exc
                 continue
-            elapsed = time.perf_counter() - start
-            best[name] = min(best[name], elapsed)  # type: ignore[type-var]
-    return best
+            times[name].append(time.perf_counter() - start)
+    return {
+        name: failed[name] if name in failed else (statistics.median(times[name]), min(times[name])) for name in readers
+    }
 
 
 def ring_cloud(n: int = 120_000, seed: int = 0) -> np.ndarray:
@@ -99,6 +109,12 @@ def peers_for(blob: bytes, encoding: str, tmpdir: str) -> dict[str, Callable[[],
         peers["open3d (tensor)"] = lambda: open3d.t.io.read_point_cloud(path)
     except ImportError:
         pass
+    try:
+        import pcd_py
+
+        peers["pcd_py"] = lambda: pcd_py.read_pcd_from_buffer(blob)
+    except ImportError:
+        pass
     if encoding == "ascii":
         header = read_pcd(blob).header
         dtype = header.dtype()
@@ -108,7 +124,7 @@ def peers_for(blob: bytes, encoding: str, tmpdir: str) -> dict[str, Callable[[],
 
 
 def bench_cloud(
-    label: str, blobs: dict[str, bytes], repeat: int, tmpdir: str, rows: list[list[str]]
+    label: str, blobs: dict[str, bytes], repeat: int, tmpdir: str, rows: list[list[str]], rng: random.Random
 ) -> dict[str, float]:
     ratios: dict[str, float] = {}
     for encoding in ENCODINGS:
@@ -116,44 +132,75 @@ def bench_cloud(
         nbytes = read_pcd(blob).data.nbytes
         readers: dict[str, Callable[[], Any]] = {"playment_torch": functools.partial(read_pcd, blob)}
         readers |= peers_for(blob, encoding, tmpdir)
-        times = best_of(readers, repeat)
-        ours = times.pop("playment_torch")
-        assert isinstance(ours, float), ours
-        rows.append(row(label, encoding, "playment_torch", ours, nbytes, None, len(blob)))
-        for peer, peer_time in times.items():
-            if isinstance(peer_time, Exception):
-                rows.append([label, encoding, peer, f"error: {type(peer_time).__name__}", "", "", ""])
-                continue
-            rows.append(row(label, encoding, peer, peer_time, nbytes, ours, len(blob)))
-            ratios[f"{label} {encoding} vs {peer}"] = peer_time / ours
+        ratios |= add_rows(label, encoding, median_of(readers, repeat, rng), nbytes, len(blob), rows)
+    return ratios
+
+
+def add_rows(
+    label: str, encoding: str, times: dict[str, Timing], nbytes: int, size: int, rows: list[list[str]]
+) -> dict[str, float]:
+    """Table rows for one case (ours first), and the speedups against each peer."""
+    ours = times.pop("playment_torch")
+    assert not isinstance(ours, Exception), ours
+    rows.append(row(label, encoding, "playment_torch", ours, nbytes, None, size))
+    ratios = {}
+    for peer, timing in times.items():
+        if isinstance(timing, Exception):
+            rows.append([label, encoding, peer, f"error: {type(timing).__name__}", "", "", "", ""])
+            continue
+        rows.append(row(label, encoding, peer, timing, nbytes, ours[0], size))
+        ratios[f"{label} {encoding} vs {peer}"] = timing[0] / ours[0]
     return ratios
 
 
 def row(
-    label: str, encoding: str, reader: str, seconds: float, nbytes: int, ours: float | None, size: int
+    label: str,
+    encoding: str,
+    reader: str,
+    timing: tuple[float, float],
+    nbytes: int,
+    ours: float | None,
+    size: int,
 ) -> list[str]:
-    speedup = "1.00 (ref)" if ours is None else f"{seconds / ours:.2f}"
+    median, best = timing
+    speedup = "1.00 (ref)" if ours is None else f"{median / ours:.2f}"
     return [
         label,
         encoding,
         reader,
-        f"{seconds * 1e3:.2f}",
-        f"{nbytes / seconds / 1e6:.0f}",
+        f"{median * 1e3:.2f}",
+        f"{best * 1e3:.2f}",
+        f"{nbytes / median / 1e6:.0f}",
         speedup,
         f"{size / 1e6:.2f}",
     ]
 
 
+def mask_peers(mask: bytes) -> dict[str, Callable[[], Any]]:
+    peers: dict[str, Callable[[], Any]] = {"json.loads + np.array": lambda: np.array(json.loads(mask))}
+    try:
+        import simdjson
+
+        parser = simdjson.Parser()
+        # as_buffer gives the flat int64 array without a Python int per key (the fair comparison).
+        peers["pysimdjson as_buffer"] = lambda: np.frombuffer(parser.parse(mask).as_buffer(of_type="i"), np.int64)
+    except ImportError:
+        pass
+    return peers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=15, help="runs per measurement (best is kept)")
+    parser.add_argument("--repeat", type=int, default=15, help="rounds per measurement (the median is reported)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled reader order")
     args = parser.parse_args()
+    rng = random.Random(args.seed)
     rows: list[list[str]] = []
     ratios: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         synthetic = ring_cloud()
         blobs = {e: encode_pcd(synthetic, encoding=e) for e in ENCODINGS}
-        ratios |= bench_cloud("ring 120k", blobs, args.repeat, tmpdir, rows)
+        ratios |= bench_cloud("ring 120k", blobs, args.repeat, tmpdir, rows, rng)
         if REAL_SCAN.exists():
             shipped = REAL_SCAN.read_bytes()
             real = read_pcd(shipped)
@@ -163,7 +210,7 @@ def main() -> None:
                 "binary": encode_pcd(real.data, encoding="binary", width=w, height=h),
                 "ascii": encode_pcd(real.data, encoding="ascii", width=w, height=h),
             }
-            ratios |= bench_cloud("patchwork 240k", real_blobs, args.repeat, tmpdir, rows)
+            ratios |= bench_cloud("patchwork 240k", real_blobs, args.repeat, tmpdir, rows, rng)
         else:
             print(f"(skipping the real scan: {REAL_SCAN} not found)")
 
@@ -171,23 +218,19 @@ def main() -> None:
     mask = encode_mask(keys)
     parsed = read_mask(mask)
     assert np.array_equal(parsed, keys)
-    times = best_of(
-        {"playment_torch": lambda: read_mask(mask), "json.loads + np.array": lambda: np.array(json.loads(mask))},
-        args.repeat,
-    )
-    ours, peer = times["playment_torch"], times["json.loads + np.array"]
-    assert isinstance(ours, float) and isinstance(peer, float)
-    rows.append(row("mask 120k keys", "json", "playment_torch", ours, parsed.nbytes, None, len(mask)))
-    rows.append(row("mask 120k keys", "json", "json.loads + np.array", peer, parsed.nbytes, ours, len(mask)))
-    ratios["mask vs json.loads + np.array"] = peer / ours
+    readers: dict[str, Callable[[], Any]] = {"playment_torch": lambda: read_mask(mask)}
+    readers |= mask_peers(mask)
+    for name, read in readers.items():
+        assert np.array_equal(read(), keys), name
+    ratios |= add_rows("mask 120k keys", "json", median_of(readers, args.repeat, rng), parsed.nbytes, len(mask), rows)
 
-    header = ["case", "encoding", "reader", "ms (best)", "MB/s decoded", "speedup vs peer", "file MB"]
+    header = ["case", "encoding", "reader", "ms (median)", "ms (best)", "MB/s decoded", "speedup vs peer", "file MB"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         print("| " + " | ".join(r) + " |")
     print()
-    print("speedup = peer time / playment_torch time:")
+    print("speedup = peer median / playment_torch median:")
     for name, value in ratios.items():
         print(f"  {name}: {value:.2f}x")
 

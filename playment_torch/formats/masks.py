@@ -9,7 +9,6 @@ with a handful of whole-buffer operations and converted by numpy's C parser.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -45,6 +44,7 @@ def read_mask(source: bytes | bytearray | memoryview | str | os.PathLike[str]) -
             or has no single-valued ``label_key`` field, or its keys are not integers.
         OSError: ``source`` is a path that cannot be read.
     """
+    from_path = isinstance(source, str | os.PathLike)
     if isinstance(source, str | os.PathLike):
         with open(source, "rb") as f:
             blob: bytes | bytearray = f.read()
@@ -59,7 +59,7 @@ def read_mask(source: bytes | bytearray | memoryview | str | os.PathLike[str]) -
     first = _FIRST_NON_SPACE.search(blob)
     if first is not None and first.group() == b"[":
         return _parse_json_keys(bytes(blob))
-    return _pcd_label_keys(blob)
+    return _pcd_label_keys(blob, from_path=from_path)
 
 
 def encode_mask(keys: np.ndarray) -> bytes:
@@ -128,10 +128,15 @@ def _parse_json_keys(blob: bytes) -> np.ndarray:
     if keys is None or keys.size != expected:
         raise _locate_json_error(inner, base)
     # strtoll saturates on overflow: an extreme value may be a key that does not fit; check those exactly.
-    if np.any((keys == _INT64_MAX) | (keys == _INT64_MIN)):
-        for value in json.loads(b"[" + inner + b"]"):
-            if not _INT64_MIN <= value <= _INT64_MAX:
-                raise PlaymentFormatError(f"mask label key {value} does not fit in int64")
+    extreme = np.flatnonzero((keys == _INT64_MAX) | (keys == _INT64_MIN))
+    if extreme.size:
+        elements = inner.split(b",")
+        for index in extreme.tolist():
+            token = elements[index].strip(_JSON_SPACE)
+            # More than 19 digits never fits; the length check also keeps int() away from its digit limit.
+            if len(token.lstrip(b"-")) > 19 or not _INT64_MIN <= int(token) <= _INT64_MAX:
+                shown = token[:30].decode("ascii") + ("..." if len(token) > 30 else "")
+                raise PlaymentFormatError(f"mask element {index}: label key {shown} does not fit in int64")
     return keys
 
 
@@ -146,9 +151,10 @@ def _locate_json_error(inner: bytes, base: int) -> PlaymentFormatError:
     return PlaymentFormatError(f"mask JSON array starting at byte {base - 1} is malformed")
 
 
-def _pcd_label_keys(blob: bytes | bytearray) -> np.ndarray:
+def _pcd_label_keys(blob: bytes | bytearray, *, from_path: bool) -> np.ndarray:
     try:
-        cloud = read_pcd(blob)
+        # A legacy mask is checked like a point cloud: bytes must not end inside the last label key.
+        cloud = read_pcd(blob, require_final_newline=not from_path)
     except PlaymentFormatError as exc:
         first = blob.lstrip(_JSON_SPACE)[:1]
         raise PlaymentFormatError(f"mask starts with {first!r}: not a JSON array, and not a valid PCD ({exc})") from exc

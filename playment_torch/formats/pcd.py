@@ -11,16 +11,26 @@ PCL's own reader and writer (``io/src/pcd_io.cpp``) are the reference for layout
 
 Decoded clouds are numpy structured arrays with an explicit little-endian dtype laid out like the file's
 points (the ``binary`` layout), so a ``binary`` file maps onto its bytes without conversion.
+
+ASCII decoding:
+
+* Values are exact: integers keep their full 64 bits, float64 values are correctly rounded, and float32 values
+  round as a direct decimal -> float32 parse does (numpy's own float32 parse rounds twice).
+* numpy's C tokenizer does the parsing (per field type); an error names the line at fault.
+* Bytes must not end inside the last value (see :func:`read_pcd`): a cut download is an error, not a cloud.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import BinaryIO
 
 import lzf
@@ -561,11 +571,22 @@ def _dimensions(entries: dict[str, tuple[list[str], int]]) -> tuple[int, int, in
     return width, height, points
 
 
-def read_pcd(source: bytes | bytearray | memoryview | str | os.PathLike[str]) -> PointCloud:
+def read_pcd(
+    source: bytes | bytearray | memoryview | str | os.PathLike[str], *, require_final_newline: bool | None = None
+) -> PointCloud:
     """Decode a PCD file (``ascii``, ``binary`` or ``binary_compressed``; VERSION .5 to .7).
+
+    An ASCII file holds exactly POINTS rows (blank lines aside; rows after them are ignored, as PCL does). A
+    body cut inside its last number would still parse (``0.0035`` of ``0.003582``), so the last value of the
+    last point must be followed by something: its line break (or other whitespace), or further rows. Bytes
+    are checked that way by default, because a download whose connection closed early looks exactly like
+    that. A file read from a path ends where the file system says, and is read as PCL reads it: a last row
+    without a line break is complete (some real files end so).
 
     Args:
         source: The file's bytes, or a path to it.
+        require_final_newline: Whether an ASCII file's last point must be followed by whitespace or more
+            rows. ``None`` (default): required for bytes, not for paths.
 
     Returns:
         The cloud: :attr:`PointCloud.data` is a writable structured array with a packed little-endian dtype
@@ -575,9 +596,12 @@ def read_pcd(source: bytes | bytearray | memoryview | str | os.PathLike[str]) ->
     Raises:
         PlaymentFormatError: The header is malformed or lies (sizes, counts, dimensions), the data is
             truncated, an ASCII line has the wrong number of values or a value that does not parse (the
-            message names the line), or compressed data is corrupt or its declared sizes are impossible.
+            message names the line), the last ASCII value may be cut off (see above; the message names its
+            line and byte offset), or compressed data is corrupt or its declared sizes are impossible.
         OSError: ``source`` is a path that cannot be read.
     """
+    if require_final_newline is None:
+        require_final_newline = not isinstance(source, str | os.PathLike)
     buf, owned = _load_source(source)
     header, padding = _parse_header(buf)
     if header.encoding == "binary":
@@ -586,6 +610,8 @@ def read_pcd(source: bytes | bytearray | memoryview | str | os.PathLike[str]) ->
         data = _decode_compressed(buf, header, padding)
     else:
         data = _decode_ascii(buf, header)
+        if require_final_newline and header.points:
+            _check_ascii_end(buf, header)
     return PointCloud(data=data, header=header)
 
 
@@ -687,16 +713,134 @@ def _decode_ascii(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
     # splitting on any whitespace, so try that first; fall back for tabs, runs of spaces or trailing spaces.
     # BytesIO over bytes shares their buffer, so seeking past the header costs no copy. Like PCL, read POINTS
     # rows and ignore whatever follows them (max_rows does not count blank lines).
-    try:
-        data = np.loadtxt(_data_stream(buf, start), dtype=dtype, comments=None, delimiter=" ", ndmin=1, max_rows=n)
-    except ValueError:
+    # float32 fields are parsed as float64 and rounded below: numpy's float32 parse is a float64 parse and a
+    # cast, which rounds twice and is wrong for decimals that fall next to the midpoint of two float32s.
+    parse_dtype = _packed_dtype(
+        header.fields,
+        header.types,
+        [8 if t == "F" else s for t, s in zip(header.types, header.sizes, strict=True)],
+        header.counts,
+    )
+    with warnings.catch_warnings():
+        # numpy says once per call that blank lines do not count towards max_rows: that is what PCL does too.
+        warnings.filterwarnings("ignore", message="Input line", category=UserWarning)
         try:
-            data = np.loadtxt(_data_stream(buf, start), dtype=dtype, comments=None, ndmin=1, max_rows=n)
-        except ValueError as exc:
-            raise _ascii_error(buf, header, exc) from exc
-    if data.shape[0] != n:
+            parsed = np.loadtxt(
+                _data_stream(buf, start), dtype=parse_dtype, comments=None, delimiter=" ", ndmin=1, max_rows=n
+            )
+        except ValueError:
+            try:
+                parsed = np.loadtxt(_data_stream(buf, start), dtype=parse_dtype, comments=None, ndmin=1, max_rows=n)
+            except ValueError as exc:
+                raise _ascii_error(buf, header, exc) from exc
+    if parsed.shape[0] != n:
         raise _ascii_error(buf, header, None)
+    if parse_dtype == dtype:
+        return parsed
+    data = np.empty(n, dtype=dtype)
+    column = 0
+    for name, type_, size, count in zip(header.fields, header.types, header.sizes, header.counts, strict=True):
+        values = parsed[name]
+        if type_ == "F" and size == 4:
+            values = _to_float32(values, functools.partial(_ascii_token, buf, header, first_column=column))
+        data[name] = values
+        column += count
     return data
+
+
+_FLOAT32_OVERFLOW = 2.0**128 - 2.0**103  # decimals from here up round to inf in float32
+
+
+def _to_float32(values: np.ndarray, token: Callable[[int, int], bytes]) -> np.ndarray:
+    """Round float64 values parsed from decimals to float32 as a direct decimal -> float32 parse would.
+
+    A float64 rounding of a decimal can only mislead the cast when it lands exactly on the midpoint of two
+    float32 values (the cast then rounds to even, though the decimal itself was above or below). Those rare
+    values are found by their bits and settled exactly from their decimal text.
+
+    Args:
+        values: ``(N,)`` or ``(N, COUNT)`` float64 values, as parsed.
+        token: ``token(row, k)``: the decimal text of value ``k`` of row ``row`` (error path only).
+
+    Returns:
+        The float32 array, correctly rounded from the decimals.
+    """
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        result = values.astype(np.float32)  # beyond float32's range: inf, as a direct parse gives
+    magnitude = np.abs(values)
+    bits = values.view(np.uint64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # Normal float32 range: 29 float64 mantissa bits below float32's, exactly "1000...0" at a midpoint (up
+        # to the midpoint between the largest float32 and the next power of two, where rounding overflows).
+        normal = (
+            (magnitude >= 2.0**-126)
+            & (magnitude <= _FLOAT32_OVERFLOW)
+            & ((bits & np.uint64(0x1FFFFFFF)) == np.uint64(0x10000000))
+        )
+        # Below it float32 is evenly spaced by 2**-149: a midpoint is an odd multiple of 2**-150.
+        scaled = magnitude * 2.0**149
+        tiny = (magnitude < 2.0**-126) & (scaled - np.floor(scaled) == 0.5)
+    candidates = np.argwhere(np.isfinite(values) & (normal | tiny))
+    for where in candidates:
+        index = tuple(int(i) for i in where)
+        midpoint = Fraction(float(values[index]))
+        try:
+            exact = Fraction(token(index[0], index[1] if len(index) > 1 else 0).decode("ascii"))
+        except ValueError:  # pragma: no cover - numpy parsed it as a decimal, so Fraction does too
+            continue
+        if exact == midpoint:
+            continue  # a true tie: round to even, as the cast did
+        # The cast gave one of the two float32 values around the midpoint; the decimal says which is right.
+        cast = result[index]
+        with np.errstate(over="ignore"):
+            if cast < midpoint:
+                low, high = cast, np.nextafter(cast, np.float32(np.inf))
+            else:
+                low, high = np.nextafter(cast, np.float32(-np.inf)), cast
+        result[index] = high if exact > midpoint else low
+    return result
+
+
+def _ascii_token(buf: bytes | bytearray, header: PCDHeader, row: int, k: int, *, first_column: int) -> bytes:
+    """The text of value ``first_column + k`` of data row ``row`` (counting rows with values; rare path only)."""
+    column = first_column + k
+    seen = 0
+    for line in bytes(buf[header.data_offset :]).splitlines():
+        tokens = line.split()
+        if tokens:
+            if seen == row:
+                return tokens[column]
+            seen += 1
+    raise _fail(f"ASCII row {row} not found")  # pragma: no cover - numpy just parsed this row
+
+
+_WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
+
+
+def _check_ascii_end(buf: bytes | bytearray, header: PCDHeader) -> None:
+    """Refuse ASCII data whose last point's last value may have been cut off (nothing follows it).
+
+    Called once the POINTS rows parsed. Data ending in whitespace is complete; otherwise the unterminated last
+    line must be a row after the POINTS rows (which PCL ignores), not the last point itself.
+    """
+    if buf[-1] in _WHITESPACE:
+        return
+    last_break = max(buf.rfind(b"\n"), buf.rfind(b"\r"), header.data_offset - 1)
+    # Rare path (files without a final newline): count the rows before the unterminated line.
+    rows_before = sum(1 for line in bytes(buf[header.data_offset : last_break + 1]).splitlines() if line.strip())
+    if rows_before >= header.points:
+        return
+    token_start = len(buf)
+    while token_start > last_break + 1 and buf[token_start - 1] not in _WHITESPACE:
+        token_start -= 1
+    line = buf.count(b"\n", 0, len(buf)) + 1
+    shown = bytes(buf[token_start : token_start + 40]).decode("latin-1")
+    raise _fail(
+        f"ASCII data ends on line {line} without a line break after the last value of point {header.points} "
+        f"({shown!r} at byte {token_start}): the value may be cut off, as in a truncated download. A file "
+        "written without a final newline decodes from its path, or with require_final_newline=False"
+    )
 
 
 def _data_stream(buf: bytes | bytearray, start: int) -> io.BytesIO:
