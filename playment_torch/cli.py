@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
         "prefetch", parents=[common], help="download and cache every frame (key from PLAYMENT_API_KEY)"
     )
     selection(prefetch)
+    prefetch.add_argument(
+        "--snapshot", metavar="FILE", help="then pin what was prefetched: write a snapshot (lock file) to FILE"
+    )
     inspect = commands.add_parser("inspect", parents=[common], help="classes, frames and points of a project")
     selection(inspect)
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
@@ -265,6 +268,11 @@ def _prefetch(args: argparse.Namespace) -> None:
     problems = _job_problems(args, dataset, report)
     for line in problems:
         print(f"  {line}")
+    if args.snapshot and not problems:
+        # Pinned only when everything asked for is cached: a snapshot promises its frames load offline.
+        print(f"wrote {args.snapshot}: {dataset.snapshot(args.snapshot).summary()}")
+    elif args.snapshot:
+        print(f"no snapshot written to {args.snapshot}: not every frame asked for is cached")
     if problems:
         raise PlaymentError(f"{len(problems)} of the jobs asked for could not be prefetched completely (listed above)")
 
@@ -301,7 +309,10 @@ def _job_problems(args: argparse.Namespace, dataset: Any, report: Any) -> list[s
 def _inspect(args: argparse.Namespace) -> None:
     import numpy as np
 
-    dataset = _dataset(args, refresh="never" if args.offline else "if_missing")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # offline: what is missing is listed below, per job
+        dataset = _dataset(args, refresh="never", offline_subset=True) if args.offline else _dataset(args)
+    missing = _offline_lines(dataset) if args.offline else []
     classes = dataset.classes
     points_per_class = np.zeros(len(classes), dtype=np.int64)
     frames_per_class = np.zeros(len(classes), dtype=np.int64)
@@ -329,7 +340,7 @@ def _inspect(args: argparse.Namespace) -> None:
     total = int(sum(sizes))
     summary = {
         "project": args.project,
-        "jobs": len(dataset.index.jobs),
+        "jobs": len(np.unique(dataset.index.frame_job)),  # jobs with frames here (offline: cached ones)
         "frames": len(dataset),
         "classes": [
             {"name": name, "points": int(points_per_class[i]), "frames": int(frames_per_class[i])}
@@ -345,9 +356,42 @@ def _inspect(args: argparse.Namespace) -> None:
         "unlabeled_share": unlabeled / total if total else 0.0,
         "nonfinite_points": nonfinite,
     }
+    if args.offline and dataset.offline_report is not None:
+        summary["cache"] = [
+            {"job": job.job_id, "frames": job.frames, "cached": job.cached, "missing": job.missing}
+            for job in dataset.offline_report.jobs
+        ]
     if args.json:
         print(json.dumps(summary, indent=2))
-        return
+    else:
+        _print_inspection(args, summary, classes, nonfinite, missing)
+    if missing:
+        raise PlaymentError(f"{len(missing)} jobs have frames that are not cached (listed above)")
+
+
+def _offline_lines(dataset: Any) -> list[str]:
+    """``inspect --offline``: one line per job whose frames the cache does not all hold."""
+    report = dataset.offline_report
+    if report is None:
+        return []
+    return [f"job {job.job_id}: {job.missing} of {job.frames} frames not cached" for job in report.jobs if job.missing]
+
+
+def _print_inspection(
+    args: argparse.Namespace,
+    summary: dict[str, Any],
+    classes: Sequence[str],
+    nonfinite: dict[str, int],
+    missing: list[str],
+) -> None:
+    total = summary["points"]
+    frames_per_job = summary["frames_per_job"]
+    if args.offline and summary.get("cache") is not None:
+        cached = sum(job["cached"] for job in summary["cache"])
+        frames = sum(job["frames"] for job in summary["cache"])
+        print(f"cache: {cached} of {frames} frames cached" + (":" if missing else " (all)"))
+        for line in missing:
+            print(f"  {line}")
     print(f"project {args.project}: {summary['jobs']} jobs, {summary['frames']} frames, {total} points")
     print(f"{'class':<24}{'points':>12}{'share':>9}{'frames':>8}")
     for entry in summary["classes"]:

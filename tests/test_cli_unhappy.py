@@ -194,3 +194,46 @@ def test_a_server_that_dies_mid_prefetch_ends_it_quickly_with_one_line(tmp_path)
     host = details["url"].removeprefix("http://")
     failed = [line for line in out.splitlines() if "failed:" in line]
     assert len(failed) == 1 and f"{host} stopped answering" in failed[0], out
+
+
+def test_inspect_offline_reports_cached_and_missing_per_job(server, project, tmp_path, capsys):
+    first, second = project[0], project[1]
+    assert main(["prefetch", *selection(server, tmp_path, "--job", first.job_id, "--quiet")]) == 0
+    capsys.readouterr()
+    argv = ["inspect", "--project", server.project_id, "--cache-dir", str(tmp_path), "--offline", "--quiet"]
+    # Both jobs are known to the cache (resolved), only the first one's frames are cached.
+    assert main(["inspect", *selection(server, tmp_path, "--quiet")]) == 0  # online: fills the second job too
+    capsys.readouterr()
+    for frame_key in [k for k in _array_keys(tmp_path) if f"|{second.job_id}|" in k and k.startswith("points")]:
+        _delete(tmp_path, frame_key)
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "cache: 2 of 4 frames cached:" in captured.out
+    assert f"  job {second.job_id}: 2 of 2 frames not cached" in captured.out
+    assert f"project {server.project_id}: 1 jobs, 2 frames" in captured.out, "the cached frames are inspected"
+    assert "1 jobs have frames that are not cached" in captured.err
+
+
+def test_prefetch_snapshot_pins_what_was_prefetched(server, project, tmp_path, capsys):
+    from playment_torch.dataset import PlaymentSegmentationDataset
+
+    snapshot = tmp_path / "pinned.json"
+    assert main(["prefetch", *selection(server, tmp_path / "cache", "--quiet", "--snapshot", str(snapshot))]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {snapshot}: snapshot of 4 frames of 2 jobs" in out
+    pinned = json.loads(snapshot.read_text())
+    assert {job["job_id"] for job in pinned["jobs"]} == {project[0].job_id, project[1].job_id}
+    offline = PlaymentSegmentationDataset.from_snapshot(snapshot, cache_dir=str(tmp_path / "cache"), refresh="never")
+    assert len(offline) == 4 and {f.job_id for f in offline.frames} == {project[0].job_id, project[1].job_id}
+
+
+def _array_keys(directory):
+    from playment_torch.cache import ArrayCache
+
+    return list(ArrayCache(directory).keys())
+
+
+def _delete(directory, key):
+    from playment_torch.cache import ArrayCache
+
+    assert ArrayCache(directory).delete(key)
