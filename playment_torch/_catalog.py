@@ -324,7 +324,7 @@ class Catalog:
             index = builder.finish()
             if not failed:
                 # An index missing a job that failed to parse is not cached: the next run warns again.
-                self.cache.put_array(key, np.frombuffer(index.to_bytes(), dtype=np.uint8))
+                self.cache.put_array(key, np.frombuffer(index.to_bytes(), dtype=np.uint8), metadata=True)
             return index
 
     def index_key(self, jobs: Sequence[ResolvedJob]) -> str:
@@ -530,7 +530,9 @@ class Catalog:
                 return ResolvedJob(job.job_id, job.result_url, str(record["digest"]))
             body = self._download_result(job)
             digest = _digest(body)
-            self.cache.put_array(self._result_key(job.job_id, job.result_url), np.frombuffer(body, dtype=np.uint8))
+            self.cache.put_array(
+                self._result_key(job.job_id, job.result_url), np.frombuffer(body, dtype=np.uint8), metadata=True
+            )
             # The digest record last: its presence means the bytes were stored.
             self.cache.put_json(key, {"fetched_at": time.time(), "digest": digest, "bytes": len(body)})
             return ResolvedJob(job.job_id, job.result_url, digest)
@@ -542,7 +544,7 @@ class Catalog:
     # ------------------------------------------------------------------------------------------- the index
 
     def _cached_index(self, key: str) -> FrameIndex | None:
-        data = self.cache.get_array(key)
+        data = self.cache.get_array(key, metadata=True)
         if data is None:
             return None
         try:
@@ -554,12 +556,12 @@ class Catalog:
     def _parse(self, job: ResolvedJob) -> JobResult:
         """The parsed result of a resolved job, from the cached bytes (downloaded again if evicted)."""
         key = self._result_key(job.job_id, job.result_url)
-        data = self.cache.get_array(key)
+        data = self.cache.get_array(key, metadata=True)
         if data is None:
             if not self.refresh.online:
                 raise CacheError(f"{self._offline_why()} but the result of job {job.job_id} is not cached")
             with self.cache.lock(self._digest_key(job.job_id, job.result_url)):
-                data = self.cache.get_array(key)
+                data = self.cache.get_array(key, metadata=True)
                 if data is None:
                     body = self._download_result(
                         Job(self.project_id, job.job_id, "completed", result_url=job.result_url)
@@ -570,7 +572,7 @@ class Catalog:
                             "dataset was being built; construct it again"
                         )
                     data = np.frombuffer(body, dtype=np.uint8)
-                    self.cache.put_array(key, data)
+                    self.cache.put_array(key, data, metadata=True)
         try:
             payload = json.loads(data.tobytes())
         except (ValueError, UnicodeDecodeError) as exc:

@@ -40,6 +40,16 @@ FIELDS = (
     "failed_frames",
 )
 _SIZE = 8 * len(FIELDS)
+_OPENING = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _OPENING
+    _OPENING = threading.Lock()  # a parent thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 _DIR = "stats"
 _MAX_AGE = 7 * 24 * 3600
 
@@ -77,25 +87,28 @@ class SharedCounters:
         pid = os.getpid()
         if self._values is not None and self._pid == pid:
             return self._values
-        if self._pid != pid:
+        with _OPENING:  # threads of one process open its file once, and none zeroes counts another added
+            if self._values is not None and self._pid == pid:
+                return self._values
             self._lock = threading.Lock()  # a forked child must not inherit a lock held by a parent thread
-        self._pid = pid
-        self._map = None
-        self._values = np.zeros(len(FIELDS), dtype=np.float64)
-        folder = self._folder
-        if folder is not None:
-            with contextlib.suppress(OSError, ValueError):
-                folder.mkdir(parents=True, exist_ok=True)
-                path = folder / f"{socket.gethostname()}-{pid}.bin"
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-                try:
-                    os.ftruncate(fd, _SIZE)
-                    self._map = mmap.mmap(fd, _SIZE)
-                finally:
-                    os.close(fd)
-                self._values = np.frombuffer(self._map, dtype=np.float64)
-                self._values[:] = 0.0
-        return self._values
+            self._map = None
+            values = np.zeros(len(FIELDS), dtype=np.float64)
+            folder = self._folder
+            if folder is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    folder.mkdir(parents=True, exist_ok=True)
+                    path = folder / f"{socket.gethostname()}-{pid}.bin"
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                    try:
+                        os.ftruncate(fd, _SIZE)
+                        self._map = mmap.mmap(fd, _SIZE)
+                    finally:
+                        os.close(fd)
+                    values = np.frombuffer(self._map, dtype=np.float64)
+                    values[:] = 0.0
+            self._values = values
+            self._pid = pid
+            return values
 
     def add(self, **deltas: float) -> None:
         """Add to this process's counters (names from :data:`FIELDS`)."""

@@ -1209,9 +1209,9 @@ class ArrayCache:
         """The array store's open handle (``None`` until first use, and in a fresh copy): for tests."""
         return self._arrays.handle
 
-    def _store(self, kind: int) -> _Store:
+    def _store(self, kind: int, *, metadata: bool = False) -> _Store:
         self._check_fork()
-        return self._meta if kind == _KIND_JSON else self._arrays
+        return self._meta if kind == _KIND_JSON or metadata else self._arrays
 
     # --- reads --------------------------------------------------------------------------------------------
 
@@ -1252,7 +1252,7 @@ class ArrayCache:
         # entry, which costs a fetch, never a wrong value.
         raise _CorruptEntry("value file missing")
 
-    def _get(self, key: str, kind: int, *, count_miss: bool = True) -> tuple[bool, Any]:
+    def _get(self, key: str, kind: int, *, count_miss: bool = True, metadata: bool = False) -> tuple[bool, Any]:
         """Look ``key`` up and decode it as ``kind``, keeping the statistics.
 
         Returns:
@@ -1261,7 +1261,7 @@ class ArrayCache:
         Raises:
             CacheError: The cache is unusable.
         """
-        store = self._store(kind)
+        store = self._store(kind, metadata=metadata)
         digest = int.from_bytes(_key_digest(key), "little")
         try:
             entry = self._read_entry(store, key)
@@ -1277,7 +1277,11 @@ class ArrayCache:
             if version is not None and not checked and time.time_ns() - version[3] > _SETTLED_NS:
                 self._checked.remember(digest, version)
             if found != kind:
-                raise _CorruptEntry(f"a {_KIND_NAMES[found]} entry in the {_KIND_NAMES[kind]} store")
+                # The metadata store holds JSON and some arrays (put_array(..., metadata=True)): asking for the
+                # other kind is a miss, not damage, and must not delete the entry.
+                with self._stats_lock:
+                    self._stats.misses += count_miss
+                return False, None
             if kind == _KIND_JSON:
                 try:
                     payload = json.loads(cast(bytes, payload))
@@ -1296,8 +1300,8 @@ class ArrayCache:
             self._stats.bytes_read += buffer.size
         return True, payload
 
-    def get_array(self, key: str) -> np.ndarray | None:
-        """Return the array stored under ``key``.
+    def get_array(self, key: str, *, metadata: bool = False) -> np.ndarray | None:
+        """Return the array stored under ``key`` (in the metadata store with ``metadata=True``).
 
         Arrays and JSON values are kept apart: a key stored with :meth:`put_json` is not found here.
 
@@ -1313,7 +1317,7 @@ class ArrayCache:
         Raises:
             CacheError: The cache is unusable.
         """
-        return cast("np.ndarray | None", self._get(key, _KIND_ARRAY)[1])
+        return cast("np.ndarray | None", self._get(key, _KIND_ARRAY, metadata=metadata)[1])
 
     def get_json(self, key: str) -> Any | None:
         """Return the JSON value stored under ``key``, ``None`` when missing, damaged or outdated.
@@ -1345,17 +1349,20 @@ class ArrayCache:
         with self._stats_lock:
             self._stats.bytes_written += len(entry)
 
-    def put_array(self, key: str, array: np.ndarray) -> None:
+    def put_array(self, key: str, array: np.ndarray, *, metadata: bool = False) -> None:
         """Store ``array`` under ``key``, replacing any previous array.
 
         Args:
             key: A key from :func:`cache_key`.
             array: Any shape and dtype (structured and subarray fields included) except object dtypes.
+            metadata: Keep it in the metadata store, which a ``size_limit`` never evicts (a job result's bytes,
+                the frame index: what ``refresh="never"`` needs to find the frames at all). Read it back with
+                ``get_array(key, metadata=True)``.
 
         Raises:
             CacheError: The array holds Python objects, or the cache is unusable (a full disk included).
         """
-        self._put(self._store(_KIND_ARRAY), key, _encode_array(np.asarray(array), key))
+        self._put(self._store(_KIND_ARRAY, metadata=metadata), key, _encode_array(np.asarray(array), key))
 
     def put_json(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable ``value`` under ``key``, framed and checksummed like arrays.

@@ -186,17 +186,23 @@ def test_size_limited_dataset_keeps_its_metadata_through_prefetch(server, tmp_pa
         server.project_id, client=client, cache_dir=tmp_path / "c", cache_size_limit=1_000_000
     )
     metadata = {key: value for key in list(online.cache.keys()) if (value := online.cache.get_json(key)) is not None}
-    assert {key.split("|")[0] for key in metadata} >= {"project", "job", "result"}
+    kinds = {key.split("|")[0] for key in metadata}
+    assert {"catalog-project@1", "catalog-job@1", "catalog-digest@1"} <= kinds, kinds
+    # Result bytes and the index are arrays kept in the metadata store.
+    every = list(online.cache.keys())
+    results = [key for key in every if key.startswith(("catalog-result@", "catalog-index@"))]
+    assert len(results) == 4 + 1 and all(online.cache.get_array(key, metadata=True) is not None for key in results)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = online.prefetch(num_threads=2, progress=False)
     assert not report.failures
-    arrays_left = [key for key in list(online.cache.keys()) if key not in metadata]
+    arrays_left = [key for key in list(online.cache.keys()) if key not in metadata and key not in results]
     assert len(arrays_left) < 2 * len(online), "the limit evicted arrays"
     assert {key: online.cache.get_json(key) for key in metadata} == metadata, "no metadata was evicted"
     # Offline, the jobs and results still come from the cache (frames may be missing: they were evicted).
     offline_cache = ArrayCache(tmp_path / "c")
     assert all(offline_cache.get_json(key) == value for key, value in metadata.items())
+    assert all(offline_cache.get_array(key, metadata=True) is not None for key in results)
 
 
 # --- 14: locks, fork, timeouts ------------------------------------------------------------------------------------

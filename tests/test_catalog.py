@@ -86,7 +86,8 @@ def test_raw_api_json_and_result_bytes_are_cached_as_the_server_sent_them(server
         r for r in server.requests if r.route == "attachments" and r.query.get("url") == result_url
     )  # the result was downloaded through the attachments API
     assert served.status == 302
-    body = cache.get_array(cache_key("catalog-result@1", project_id=server.project_id, job_id=job_id, url=result_url))
+    result_key = cache_key("catalog-result@1", project_id=server.project_id, job_id=job_id, url=result_url)
+    body = cache.get_array(result_key, metadata=True)  # metadata: a size limit never evicts it
     hosted = fast_client(server).download(result_url, private=True)
     assert body is not None and body.tobytes() == hosted
     digest = cache.get_json(cache_key("catalog-digest@1", project_id=server.project_id, job_id=job_id, url=result_url))
