@@ -747,13 +747,15 @@ def _unreachable_host(exc: BaseException) -> str:
     return ""
 
 
-def _reason(exc: BaseException, where: str) -> str:
-    """An error's message without the ``job J, frame F:`` it may start with (the caller names the frame once)."""
+def _reason(exc: BaseException, where: str, limit: int = 1000) -> str:
+    """An error's message without the ``job J, frame F:`` it may start with (the caller names the frame once),
+    at most ``limit`` characters (a report of many failures keeps messages, never megabytes of them)."""
     message = " ".join(str(exc).split())
     for prefix in (where + ": ", where + " "):
         if message.startswith(prefix):
-            return message[len(prefix) :]
-    return message
+            message = message[len(prefix) :]
+            break
+    return message if len(message) <= limit else f"{message[: limit - 120]} ... {message[-100:]}"
 
 
 def _transform_xyz(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from conftest import fast_client
 
 from playment_torch.collate import collate_points
 from playment_torch.dataset import PlaymentSegmentationDataset
-from playment_torch.errors import ConfigError
+from playment_torch.errors import ConfigError, PlaymentError
 from playment_torch.testing.synthetic import add_synthetic_project
 
 POINTS = 10_000
@@ -90,3 +90,26 @@ def test_stats_add_up_across_dataloader_workers_and_epochs(server, tmp_path):
     assert ds.stats().items == 0
     other = make_dataset(server, tmp_path)
     assert other.stats().items == 0, "another dataset has counters of its own"
+
+
+def test_prefetch_failures_keep_messages_not_every_download(server, tmp_path):
+    import tracemalloc
+
+    (job,) = add_synthetic_project(server, n_jobs=1, frames_per_job=12, points_per_frame=POINTS, seed=65)
+    garbage = b"# not a point cloud\n" + bytes(1_000_000)  # downloads whole, then fails to decode
+    for frame in job.result["sensor_data"]["frames"]:
+        lidar = next(s for s in frame["sensors"] if s["data_url"].endswith(".pcd"))
+        server.put_file(lidar["data_url"], garbage)
+    ds = make_dataset(server, tmp_path, on_error="skip")
+    tracemalloc.start()
+    try:
+        report = ds.prefetch(num_threads=4, progress=False)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(report.failures) == 12 and all(isinstance(reason, str) for _, _, reason in report.failures)
+    assert isinstance(report.first_error, PlaymentError)
+    # 12 MB of bodies were downloaded; the report holds the first failure's exception (whose traceback still
+    # sees that one body and what was parsed of it), never one per failure.
+    assert held < 5 * len(garbage), f"{held / 2**20:.1f} MiB held after prefetch"
+    assert all(len(reason) <= 1000 for _, _, reason in report.failures), "messages quote input, but briefly"

@@ -362,9 +362,14 @@ _LZF_MAX_RATIO = 128
 _LZF_SLACK = 1024
 _PADDING_SLACK = 64 << 20
 _UINT_RE = re.compile(r"[0-9]+")
+_MAX_MESSAGE = 400
 
 
 def _fail(message: str) -> PlaymentFormatError:
+    if len(message) > _MAX_MESSAGE:
+        # Messages quote header values, and a hostile header line can be a megabyte: keep both ends (what is
+        # wrong, and where) so a failing prefetch of many frames does not hold megabytes of messages.
+        message = f"{message[: _MAX_MESSAGE - 120]} ... {message[-100:]}"
     return PlaymentFormatError(f"PCD: {message}")
 
 
