@@ -375,24 +375,7 @@ def evaluate(
 
 # ------------------------------------------------------------------------------------------- the picture
 
-# Anchors of the viridis colour map (perceptually uniform, readable in grey and by most colour-blind readers),
-# interpolated linearly: 0 -> dark purple, 1 -> yellow.
-_VIRIDIS = np.array(
-    [
-        (68, 1, 84),
-        (72, 40, 120),
-        (62, 74, 137),
-        (49, 104, 142),
-        (38, 130, 142),
-        (31, 158, 137),
-        (53, 183, 121),
-        (110, 206, 88),
-        (181, 222, 43),
-        (253, 231, 37),
-    ],
-    dtype=np.float64,
-)
-#: Colour of the rows of classes that have no labelled point (their share is undefined).
+#: The colour of a row whose class has no labelled point (its shares are undefined).
 NO_DATA_COLOUR = (214, 214, 214)
 
 
@@ -405,11 +388,10 @@ def scale_colour(value: float) -> tuple[int, int, int]:
     Returns:
         ``(r, g, b)``.
     """
-    x = min(1.0, max(0.0, float(value))) * (len(_VIRIDIS) - 1)
-    low = min(int(x), len(_VIRIDIS) - 2)
-    t = x - low
-    rgb = _VIRIDIS[low] * (1 - t) + _VIRIDIS[low + 1] * t
-    return (round(rgb[0]), round(rgb[1]), round(rgb[2]))
+    from playment_torch.viz import ramp_colors  # the one viridis-like ramp of every picture (numpy only)
+
+    r, g, b = (int(c) for c in ramp_colors(np.array([value], dtype=np.float64), (0.0, 1.0))[0])
+    return (r, g, b)
 
 
 @dataclass(frozen=True)
