@@ -555,8 +555,10 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         report = PrefetchReport(frames=len(self))
         downloaded = np.zeros(len(self), dtype=bool)
         lock = threading.Lock()
-        if self._client is not None or self.refresh != "never":
-            self.client.ensure_pool_size(num_threads)  # a connection per thread, none thrown away
+        if self._client is not None:
+            # A connection per thread, none thrown away. (A client made later, on the first miss, keeps its
+            # default pool of 64; making one here would need a key even when everything is cached.)
+            self._client.ensure_pool_size(num_threads)
 
         def load(position: int) -> None:
             try:
