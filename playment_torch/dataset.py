@@ -1,14 +1,17 @@
 """``PlaymentSegmentationDataset``: Playment project and job ids in, training tensors out.
 
-Construction resolves ids into a compact :class:`~playment_torch.index.FrameIndex` (API responses and job
-results are cached on disk under the ``refresh`` policy). ``ds[i]`` reads the frame's decoded point cloud and
-mask from the disk cache, downloading and decoding them on a miss, and maps label keys to class indices through
-the frame's lookup table.
+A thin torch adapter over two torch-free parts: the catalog (:mod:`playment_torch._catalog`: ids -> job
+results -> a compact :class:`~playment_torch.index.FrameIndex`, API answers and the index cached on disk under
+the ``refresh`` policy) and the frame store (:mod:`playment_torch._store`: a frame's finished points and compact
+mask in the disk cache, downloaded and decoded on a miss). ``ds[i]`` maps the mask's label keys to class indices
+through the frame's lookup table and returns tensors; this module adds sweeps, frames of reference, ``on_error``,
+``prefetch`` and counters.
 
 Choices where the issue is silent (also in the README):
 
 * ``refresh="if_missing"`` uses the cached answers for completed jobs and their results; project and batch
-  listings are asked again (batches gain jobs), as are jobs that were not completed. ``"always"`` asks the API
+  listings are asked again (batches gain jobs), as are jobs that were not completed; when the API host does not
+  answer at all, the cached listings are used (with one warning). ``"always"`` asks the API
   for all of them again and downloads only what changed: point clouds are keyed by URL and stay; masks (and
   legacy mask clouds) are keyed by the result's digest too, so a relabelled job gets new masks. ``"never"``
   never touches the network.
