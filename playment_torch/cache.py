@@ -137,6 +137,9 @@ _DB_NAME = "cache.db"
 # diskcache's default: smaller values live inside SQLite, larger ones in files.
 _FILE_THRESHOLD = 1 << 15
 _LOCKS_DIR = "locks"
+# Folders other modules keep in the cache directory that are not the cache's: PredictionWriter's default
+# folder and the datasets' shared counters. A damaged database never takes them with it.
+_NOT_CACHE_DIRS = ("predictions", "stats")
 _META_DIR = "meta"
 # diskcache's value modes (diskcache.core.MODE_RAW / MODE_BINARY): bytes in the row, or a value file.
 _MODE_RAW = 1
@@ -927,11 +930,12 @@ class _Store:
             aside.mkdir(parents=True)
         except OSError:
             moved = False
-        skip = {_LOCKS_DIR} if self.sub else {_LOCKS_DIR, _META_DIR}
+        skip = {_LOCKS_DIR} if self.sub else {_LOCKS_DIR, _META_DIR, *_NOT_CACHE_DIRS}
         for child in list(self.directory.iterdir()):
             if child.name in skip:
                 # Lock files carry no data, and other processes may be holding them right now; the metadata
-                # store has a database of its own, which is not the damaged one.
+                # store has a database of its own, which is not the damaged one; a user's predictions and the
+                # datasets' counters live beside the cache, not in its database.
                 continue
             try:
                 if not moved:

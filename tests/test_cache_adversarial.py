@@ -533,3 +533,22 @@ def test_a_forked_child_trusts_what_its_parent_checked(tmp_path: Path, monkeypat
     ok, summed = os.read(read, 64).decode().split()
     os.close(read)
     assert ok == "1" and summed == "0", "the child read every value without checking its payload again"
+
+
+def test_a_damaged_database_leaves_predictions_and_counters_in_place(tmp_path: Path) -> None:
+    cache = ArrayCache(tmp_path / "c")
+    cache.put_array("a", np.arange(10))
+    predictions = tmp_path / "c" / "predictions" / "run-1"
+    predictions.mkdir(parents=True)
+    (predictions / "classes.json").write_text('{"classes": ["road"]}')
+    (tmp_path / "c" / "stats").mkdir()
+    cache.close()
+    (tmp_path / "c" / "cache.db").write_bytes(b"not a database" * 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fresh = ArrayCache(tmp_path / "c")
+        assert fresh.get_array("a") is None  # the damaged database was moved aside and replaced
+    assert (predictions / "classes.json").read_text() == '{"classes": ["road"]}', "a user's predictions stay"
+    assert (tmp_path / "c" / "stats").is_dir()
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("c.corrupt-")]
+    assert len(moved) == 1 and not (moved[0] / "predictions").exists()
