@@ -291,10 +291,11 @@ def _job_problems(args: argparse.Namespace, dataset: Any, report: Any) -> list[s
     for job_id, status in sorted(dataset.pending_jobs.items()):
         if job_id in named:  # a batch in progress has pending jobs; a job named on the command line must be done
             lines.append(f"failed: job {job_id}: it is {status!r}, not completed, so it has no result yet")
-    totals: dict[str, int] = {}
-    for i in range(len(dataset)):
-        job_id = dataset.index.job_of(i).job_id
-        totals[job_id] = totals.get(job_id, 0) + 1
+    import numpy as np
+
+    index = dataset.index
+    per_job = np.bincount(index.frame_job, minlength=len(index.jobs))
+    totals = {job.job_id: int(per_job[n]) for n, job in enumerate(index.jobs)}
     for job_id, frames in report.failures_by_job().items():
         reasons = sorted({reason for _, reason in frames})
         ids = ", ".join(frame_id for frame_id, _ in frames[:10]) + (" ..." if len(frames) > 10 else "")

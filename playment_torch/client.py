@@ -262,9 +262,10 @@ class _TokenBucket:
     no token reserves the next one and sleeps until it is due, so waiting threads are served in order.
     """
 
-    def __init__(self, rate: float) -> None:
-        self.burst = max(1.0, float(rate // 10))
-        self.refill = 0.95 * max(rate - self.burst, rate / 2)
+    def __init__(self, rate: float, *, burst: int | None = None, refill: float | None = None) -> None:
+        # (Other pacers pass their own burst and refill: relabel's job POSTs use bursts of one at ``rate``.)
+        self.burst = float(burst) if burst is not None else max(1.0, float(rate // 10))
+        self.refill = refill if refill is not None else 0.95 * max(rate - self.burst, rate / 2)
         self._lock = threading.Lock()
         self._tokens = self.burst
         self._stamp = time.monotonic()

@@ -48,13 +48,13 @@ import logging
 import os
 import re
 import threading
-import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from playment_torch.client import PlaymentClient, _TokenBucket
 from playment_torch.errors import (
     APIError,
     AuthenticationError,
@@ -63,9 +63,6 @@ from playment_torch.errors import (
     PlaymentError,
     PlaymentFormatError,
 )
-
-if TYPE_CHECKING:
-    from playment_torch.client import PlaymentClient
 
 __all__ = [
     "DEFAULT_RATE",
@@ -280,26 +277,9 @@ class RelabelReport:
         return "\n".join([self.batch_line(), *(o.describe() for o in self.outcomes), self.summary()])
 
 
-class _TokenBucket:
-    """Paces requests to ``rate`` per second with bursts of ``burst``, across threads."""
-
-    def __init__(self, rate: float, burst: int = 1) -> None:
-        self._interval = 1.0 / rate
-        self._burst = burst
-        self._tokens = float(burst)
-        self._stamp = time.monotonic()
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        """Wait for a token (first come, first served: each caller reserves its slot under the lock)."""
-        with self._lock:
-            now = time.monotonic()
-            self._tokens = min(float(self._burst), self._tokens + (now - self._stamp) / self._interval)
-            self._stamp = now
-            self._tokens -= 1.0
-            wait = -self._tokens * self._interval if self._tokens < 0 else 0.0
-        if wait > 0:
-            time.sleep(wait)
+def _pacer(rate: float) -> _TokenBucket:
+    """The client's token bucket with bursts of one at ``rate``: at most ``rate + 1`` POSTs in any second."""
+    return _TokenBucket(rate, burst=1, refill=rate)
 
 
 @dataclass(frozen=True)
@@ -371,13 +351,11 @@ def create_jobs(
         "description": description,
         "reference_prefix": reference_prefix,
         "dry_run": dry_run,
-        "bucket": _TokenBucket(rate),
+        "bucket": _pacer(rate),
         "num_threads": num_threads,
     }
     if client is not None:
         return _create_jobs(client, **options)
-    from playment_torch.client import PlaymentClient
-
     with PlaymentClient() as own:  # closed afterwards: it is this call's own
         return _create_jobs(own, **options)
 
@@ -651,7 +629,7 @@ def run_cli(args: argparse.Namespace) -> None:
         PlaymentError: anything :func:`create_jobs` raises, or, after printing the report, a
             :class:`RelabelFailed` when a frame failed (exit code 1).
     """
-    from playment_torch.client import DEFAULT_BASE_URL, PlaymentClient
+    from playment_torch.client import DEFAULT_BASE_URL
 
     client = PlaymentClient(base_url=args.base_url or DEFAULT_BASE_URL)
     with client:

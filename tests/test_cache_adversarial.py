@@ -48,6 +48,21 @@ def settle(path: Path) -> None:
     os.utime(path, (old, old))
 
 
+def hold_key(cache: ArrayCache, key: str = "k") -> tuple[threading.Thread, threading.Event]:
+    """A thread inside ``cache.get_or_create(key)``, holding its lock until the returned event is set."""
+    inside, release = threading.Event(), threading.Event()
+
+    def create() -> np.ndarray:
+        inside.set()
+        release.wait(60)
+        return BIG
+
+    holder = threading.Thread(target=lambda: cache.get_or_create(key, create))
+    holder.start()
+    assert inside.wait(30)
+    return holder, release
+
+
 def env_with_worktree() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(WORKTREE)}
 
@@ -222,16 +237,7 @@ print(f"{time.monotonic() - start:.3f} {value.size}", flush=True)
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
 def test_child_forked_while_a_thread_holds_a_key_lock_does_not_keep_it(tmp_path: Path) -> None:
     cache = ArrayCache(tmp_path / "c")
-    inside, release = threading.Event(), threading.Event()
-
-    def create() -> np.ndarray:
-        inside.set()
-        release.wait(60)
-        return BIG
-
-    holder = threading.Thread(target=lambda: cache.get_or_create("k", create))
-    holder.start()
-    assert inside.wait(30)
+    holder, release = hold_key(cache)
     # Another process queues on the key's lock file while the thread holds it.
     waiter = subprocess.Popen(
         [sys.executable, "-c", WAITER, str(cache.directory)], stdout=subprocess.PIPE, text=True, env=env_with_worktree()
@@ -266,16 +272,7 @@ def test_child_forked_while_a_thread_holds_a_key_lock_does_not_keep_it(tmp_path:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
 def test_forked_child_gets_fresh_in_process_locks(tmp_path: Path) -> None:
     cache = ArrayCache(tmp_path / "c")
-    inside, release = threading.Event(), threading.Event()
-
-    def create() -> np.ndarray:
-        inside.set()
-        release.wait(60)
-        return BIG
-
-    holder = threading.Thread(target=lambda: cache.get_or_create("k", create))
-    holder.start()
-    assert inside.wait(30)
+    holder, release = hold_key(cache)
     read, write = os.pipe()
     child = os.fork()
     if child == 0:
@@ -327,17 +324,8 @@ def test_waiting_for_a_lock_times_out_and_goes_on(tmp_path: Path) -> None:
     holder_cache = ArrayCache(tmp_path / "c")
     # A second handle on the same directory: its wait is on the file lock, as another process's would be.
     waiter_cache = ArrayCache(tmp_path / "c", lock_timeout=0.5)
-    inside, release = threading.Event(), threading.Event()
-
-    def slow() -> np.ndarray:
-        inside.set()
-        release.wait(60)
-        return BIG
-
-    holder = threading.Thread(target=lambda: holder_cache.get_or_create("k", slow))
-    holder.start()
+    holder, release = hold_key(holder_cache)
     try:
-        assert inside.wait(30)
         start = time.monotonic()
         with pytest.warns(RuntimeWarning, match=r"waited 0.5 s for the lock on cache key 'k'"):
             value = waiter_cache.get_or_create("k", lambda: np.ones(3))
@@ -348,12 +336,8 @@ def test_waiting_for_a_lock_times_out_and_goes_on(tmp_path: Path) -> None:
         holder.join(30)
     # Same-process threads time out too.
     same = ArrayCache(tmp_path / "d", lock_timeout=0.3)
-    inside.clear()
-    release.clear()
-    holder = threading.Thread(target=lambda: same.get_or_create("k", slow))
-    holder.start()
+    holder, release = hold_key(same)
     try:
-        assert inside.wait(30)
         with pytest.warns(RuntimeWarning, match="another thread holds"):
             np.testing.assert_array_equal(same.get_or_create("k", lambda: np.ones(2)), np.ones(2))
     finally:

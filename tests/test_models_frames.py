@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_models import _paths  # every JSON path of a payload, the one definition
 
 from playment_torch.errors import PlaymentFormatError
 from playment_torch.models import BatchPage, Job, JobResult, Project
@@ -222,15 +223,6 @@ json_like = st.recursive(
 )
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(value, dict):
-        for key, child in value.items():
-            out += _paths(child, (*prefix, key))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            out += _paths(child, (*prefix, index))
-    return out
 
 
 def _base() -> dict[str, Any]:
