@@ -41,6 +41,9 @@ from playment_torch.index import FrameIndex
 
 __all__ = ["FrameStore", "Loaded", "compact_keys", "select_fields"]
 
+# A frame's two records, as indices into FrameStore._key_of and columns of its digest memo.
+_POINTS, _MASK = 0, 1
+
 
 @dataclass(frozen=True)
 class Loaded:
@@ -93,11 +96,15 @@ class FrameStore:
         self._columns = len(self.point_fields)
         self._warned: set[tuple[str, str]] = set()
         self._warned_lock = threading.Lock()
+        # Each frame's two key digests, made on first use: a warm read needs only the digest (the cache's file
+        # table leads to the value file), and building a key (URL identity, escaping) costs ~20 us.
+        self._digests: np.ndarray | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_warned_lock"]
         state["_warned"] = set()
+        state["_digests"] = None  # remade on first use; keeps a pickled dataset small
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -202,7 +209,7 @@ class FrameStore:
             return points
 
         # Legacy files are Playment's private result files: always through the attachments API.
-        points = self._get_or_download(position, self.points_key(position), url, decode, private=legacy)
+        points = self._get_or_download(position, _POINTS, url, decode, private=legacy)
         self._columns = points.shape[1]  # what a placeholder of a frame that failed has (COUNT > 1 fields widen)
         return points
 
@@ -225,7 +232,7 @@ class FrameStore:
             keys = label_keys(read_pcd(body).data) if legacy else read_mask(body)
             return compact_keys(keys)
 
-        mask = self._get_or_download(position, self.mask_key(position), url, decode, private=True)
+        mask = self._get_or_download(position, _MASK, url, decode, private=True)
         if len(mask) != points:
             raise PlaymentFormatError(
                 f"{self.where(position)}: the mask has {len(mask)} label keys but the point cloud has {points} points"
@@ -255,13 +262,27 @@ class FrameStore:
         # get_or_create runs a download in the thread that asked: prefetch tells cached frames apart by this.
         return int(getattr(cls._per_thread, "downloads", 0))
 
+    def _digest(self, position: int, record: int) -> bytes:
+        """The cache key digest of a frame's points (``_POINTS``) or mask (``_MASK``) record, memoised."""
+        digests = self._digests
+        if digests is None or len(digests) != len(self.index):
+            digests = self._digests = np.zeros((len(self.index), 2), dtype=np.uint64)
+        known = int(digests[position, record])
+        if known:
+            return known.to_bytes(8, "little")
+        digest = ArrayCache.key_digest(self._key_of[record](self, position))
+        digests[position, record] = int.from_bytes(digest, "little")
+        return digest
+
     def _get_or_download(
-        self, position: int, key: str, url: str, decode: Callable[[bytes], np.ndarray], *, private: bool
+        self, position: int, record: int, url: str, decode: Callable[[bytes], np.ndarray], *, private: bool
     ) -> np.ndarray:
-        cached = self.cache.get_array(key)
+        make_key = self._key_of[record]
+        cached = self.cache.find_array(self._digest(position, record), lambda: make_key(self, position))
         if cached is not None:
             self._count(hits=1)
             return cached
+        key = make_key(self, position)
         if self.offline:
             raise CacheError(f"{self.where(position)}: {redact_url(url)} is not cached and refresh='never'")
 
@@ -294,10 +315,12 @@ class FrameStore:
             job_id, frame_id = self.index.job_of(position).job_id, self.index.frame_ids[position]
             raise FrameError(str(exc), job_id=job_id, frame_id=frame_id) from exc
 
+    _key_of = (points_key, mask_key)
+
     def _check_finite(self, position: int, points: np.ndarray) -> None:
         """Count (and report once per frame and process) points whose coordinates are NaN or infinite."""
-        if not points.size:
-            return
+        if not points.size or np.isfinite(points).all():
+            return  # the common case, ~50x cheaper than counting per point (a finite cloud is wholly finite)
         bad = int(np.count_nonzero(~np.isfinite(points[:, : min(3, points.shape[1])]).all(axis=1)))
         if not bad:
             return
@@ -353,11 +376,11 @@ def select_fields(data: np.ndarray, point_fields: Sequence[str], where: str) -> 
         and all(fields[name][0] == np.float32 for name in chosen)
         and offsets == list(range(offsets[0], offsets[0] + 4 * len(chosen), 4))
     ):
-        # The common case (x y z intensity ... stored as consecutive float32): one strided copy.
-        view = np.ndarray(
-            (len(data), len(chosen)), np.float32, buffer=data, offset=offsets[0], strides=(data.itemsize, 4)
-        )
-        out[:] = view
+        # The common case (x y z intensity ... stored as consecutive float32): copy each point's run of bytes as
+        # one opaque record, ~5x faster than numpy's element-wise copy of an (N, C) strided float view.
+        run = np.dtype(f"V{4 * len(chosen)}")
+        records = np.ndarray((len(data),), run, buffer=data, offset=offsets[0], strides=(data.itemsize,))
+        out.view(run).reshape(len(data))[:] = records
         return out
     at = 0
     for name, width in zip(chosen, widths, strict=True):

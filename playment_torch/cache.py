@@ -66,7 +66,10 @@ import hashlib
 import io
 import json
 import logging
+import math
+import mmap
 import os
+import re
 import shutil
 import sqlite3
 import struct
@@ -126,8 +129,8 @@ _SUM_WIDTH = 509
 _SUM_WEIGHTS = np.arange(1, _SUM_WIDTH + 1, dtype=np.uint64)
 # Small enough for a dimension count no real array reaches, large enough to refuse a damaged header cheaply.
 _MAX_NDIM = 64
-# Memory for remembered payload checks: 16 bytes per entry, so 262,144 entries.
-_CHECKED_TABLE_BYTES = 4 << 20
+# The file table's size: 32 bytes per value file, so 1,048,576 slots (a sparse file: untouched pages take no disk).
+_CHECKED_TABLE_BYTES = 32 << 20
 _SETTLED_NS = 2_000_000_000
 _U64 = (1 << 64) - 1
 
@@ -137,6 +140,8 @@ _DB_NAME = "cache.db"
 # diskcache's default: smaller values live inside SQLite, larger ones in files.
 _FILE_THRESHOLD = 1 << 15
 _LOCKS_DIR = "locks"
+# The array store's file table (see _FileTable), beside its database.
+_FILE_TABLE = "files.table"
 # Folders other modules keep in the cache directory that are not the cache's: PredictionWriter's default
 # folder and the datasets' shared counters. A damaged database never takes them with it.
 _NOT_CACHE_DIRS = ("predictions", "stats")
@@ -176,12 +181,14 @@ def _header_crc(header: memoryview) -> int:
     return zlib.crc32(header[_CRC_OFFSET + 4 :], zlib.crc32(header[:_CRC_OFFSET]))
 
 
-def _frame(kind: int, payload: bytes, key: str, shape: tuple[int, ...] = (), descr: bytes = b"") -> bytes:
-    """Wrap ``payload`` in the header described in the module docstring."""
-    length = len(payload)
+def _frame_parts(
+    kind: int, payload: bytes | memoryview, key: str, shape: tuple[int, ...] = (), descr: bytes = b""
+) -> tuple[bytes, memoryview, bytes]:
+    """The header described in the module docstring, the payload (not copied) and its zero padding."""
+    body = memoryview(payload).cast("B")
+    length = body.nbytes
     padding = b"\0" * (-length % 8)
-    body = payload + padding if padding else payload
-    plain, weighted = _payload_sums(np.frombuffer(body, dtype="<u8"))
+    plain, weighted = _payload_sums(_padded_words(body, padding))
     meta = struct.pack(f"<{len(shape)}Q", *shape) + descr
     header_len = -(-(_PREFIX.size + len(meta)) // _HEADER_ALIGN) * _HEADER_ALIGN
     header = bytearray(header_len)
@@ -190,15 +197,53 @@ def _frame(kind: int, payload: bytes, key: str, shape: tuple[int, ...] = (), des
     )
     header[_PREFIX.size : _PREFIX.size + len(meta)] = meta
     struct.pack_into("<I", header, _CRC_OFFSET, _header_crc(memoryview(header)))
-    return b"".join((header, body))
+    return bytes(header), body, padding
 
 
-def _encode_array(array: np.ndarray, key: str) -> bytes:
+def _padded_words(body: memoryview, padding: bytes) -> np.ndarray:
+    """The payload as little-endian 64-bit words, zero padded (copies only the last partial word)."""
+    whole = body.nbytes - body.nbytes % 8
+    words = np.frombuffer(body[:whole], dtype="<u8")
+    if not padding:
+        return words
+    return np.concatenate([words, np.frombuffer(bytes(body[whole:]) + padding, dtype="<u8")])
+
+
+def _frame(kind: int, payload: bytes, key: str, shape: tuple[int, ...] = (), descr: bytes = b"") -> bytes:
+    """A whole entry as one ``bytes``."""
+    return b"".join(_frame_parts(kind, payload, key, shape, descr))
+
+
+class _EntryReader(io.RawIOBase):
+    """The parts of an entry read as one file, so diskcache copies the array straight into its value file
+    (joining header and payload into one ``bytes`` first would copy every array twice more)."""
+
+    def __init__(self, parts: tuple[bytes, memoryview, bytes]) -> None:
+        super().__init__()
+        self._parts = [memoryview(part).cast("B") for part in parts if len(part)]
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._parts:
+            return b""
+        part = self._parts[0]
+        if size < 0 or size >= part.nbytes:
+            self._parts.pop(0)
+            return bytes(part)
+        self._parts[0] = part[size:]
+        return bytes(part[:size])
+
+
+def _encode_array(array: np.ndarray, key: str) -> tuple[bytes, memoryview, bytes]:
     if array.dtype.hasobject:
         raise CacheError(f"cannot cache an array of dtype {array.dtype}: it holds Python objects")
     descr = repr(npformat.dtype_to_descr(array.dtype)).encode("utf-8")  # field names may be any str
-    # tobytes() is C order whatever the input layout; the shape is what restores it.
-    return _frame(_KIND_ARRAY, array.tobytes(), key, tuple(array.shape), descr)
+    # The payload is the array's memory in C order (copied only if it is not C-contiguous already); the shape
+    # is what restores it.
+    payload = np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+    return _frame_parts(_KIND_ARRAY, payload, key, tuple(array.shape), descr)
 
 
 @functools.lru_cache(maxsize=256)
@@ -207,12 +252,12 @@ def _dtype_from_descr(text: bytes) -> np.dtype[Any]:
     return npformat.descr_to_dtype(ast.literal_eval(text.decode("utf-8")))
 
 
-def _unframe(buffer: np.ndarray, key: str, *, check_payload: bool = True) -> tuple[int, np.ndarray | bytes]:
+def _unframe(buffer: np.ndarray, key: str | bytes, *, check_payload: bool = True) -> tuple[int, np.ndarray | bytes]:
     """Check and decode one stored entry.
 
     Args:
         buffer: The entry's bytes as a 1-D uint8 array.
-        key: The key the entry was read under; the header must name it.
+        key: The key the entry was read under (or its :func:`_key_digest`); the header must name it.
         check_payload: Verify the payload sums (the header is always checked).
 
     Returns:
@@ -240,7 +285,7 @@ def _unframe(buffer: np.ndarray, key: str, *, check_payload: bool = True) -> tup
         raise _CorruptEntry(f"entry is {total} bytes, its header says {header_len + padded}")
     if _header_crc(view[:header_len]) != crc:
         raise _CorruptEntry("header checksum mismatch")
-    if digest != _key_digest(key):
+    if digest != (key if isinstance(key, bytes) else _key_digest(key)):
         raise _CorruptEntry("the entry was written for another key")
     words = buffer[header_len:].view("<u8")
     if check_payload and _payload_sums(words) != (plain, weighted):
@@ -254,7 +299,7 @@ def _unframe(buffer: np.ndarray, key: str, *, check_payload: bool = True) -> tup
         dtype = _dtype_from_descr(descr)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, UnicodeDecodeError) as exc:
         raise _CorruptEntry(f"undecodable dtype descr: {exc}") from exc
-    if int(np.prod(shape, dtype=np.uint64)) * dtype.itemsize != length:
+    if math.prod(shape) * dtype.itemsize != length:
         raise _CorruptEntry(f"shape {shape} of {dtype} does not match {length} payload bytes")
     # A view over the buffer we read into: no copy, writable, aligned (header length is a multiple of 64).
     return kind, np.ndarray(shape, dtype=dtype, buffer=buffer, offset=header_len)
@@ -284,40 +329,113 @@ def _read_all(handle: io.BufferedIOBase) -> tuple[np.ndarray, _FileVersion]:
     return buffer, version
 
 
-class _CheckedTable:
-    """Which value-file versions this process has checked in full: a direct-mapped table of 16-byte slots.
+class _FileTable:
+    """Per key: the value file holding it, and the version of that file that was checked in full.
 
-    A slot holds a key's 64-bit digest and a 64-bit hash of the file version checked. Looking up needs both to
-    match, so a collision of slots only ever costs a check again (the newer entry replaces the older), never a
-    skipped one. The memory is two numpy arrays allocated once, zero-filled by the OS on first touch: exactly
-    ``budget_bytes``, whatever the keys look like (a dict of string keys cost ~480 bytes per entry).
+    Shared by every process using the cache, through a memory-mapped file (``files.table`` in the array store's
+    folder), so a warm read skips SQLite (the table says which file to open) and the payload sums (the table
+    says that version was checked), in a fresh DataLoader worker as much as in a long-lived one.
+
+    A direct-mapped table of 32-byte slots: the key's 64-bit digest, a 64-bit hash of the checked file version
+    (0: not checked), and the value file's 128-bit name (diskcache names a file ``ab/cd/<28 hex>.val``; 0: not
+    known). A newer key that lands on the same slot replaces the older one, which then takes the SQLite path
+    again. Nothing in a slot is trusted on its own: the file named must still exist and its header must name
+    the key's digest (so a stale, torn or forged slot costs a lookup, never a wrong value), and the version
+    hash covers the file's device, inode, size, modification and status-change times and the boot id (so
+    after a reboot, which may have lost unflushed pages, every file is checked again).
+
+    Where the file cannot be created (a read-only cache, a full disk) the table lives in shared anonymous
+    memory: this process and its forked children only, as before the table was shared.
     """
 
-    def __init__(self, budget_bytes: int) -> None:
-        self.slots = budget_bytes // 16
-        self._keys = np.zeros(self.slots, dtype=np.uint64)
-        self._versions = np.zeros(self.slots, dtype=np.uint64)
+    _SLOT_WORDS = 4
+    _NAME = re.compile(r"([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{28})\.val")
+
+    def __init__(self, path: Path | None, budget_bytes: int) -> None:
+        self.slots = budget_bytes // (8 * self._SLOT_WORDS)
+        self.shared = False
+        self._words = np.zeros((0, self._SLOT_WORDS), dtype=np.uint64)
+        if not self.slots:
+            return
+        size = self.slots * 8 * self._SLOT_WORDS
+        memory: mmap.mmap | None = None
+        if path is not None:
+            memory = self._map_file(path, size)
+        if memory is None:
+            memory = mmap.mmap(-1, size)  # anonymous, MAP_SHARED: kept across fork, private to this process tree
+        else:
+            self.shared = True
+        self._memory = memory
+        self._words = np.frombuffer(memory, dtype="<u8").reshape(self.slots, self._SLOT_WORDS)
 
     @staticmethod
-    def _hash(version: _FileVersion) -> int:
-        # Tuple hashes of ints are not randomised per process; 0 marks an empty slot, so avoid it.
-        return (hash(version) & _U64) or 1
+    def _map_file(path: Path, size: int) -> mmap.mmap | None:
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError:
+            return None
+        try:
+            if os.fstat(descriptor).st_size != size:
+                # Sparse: pages take disk space only when a slot in them is written. A table of another size
+                # (another budget) is simply started again; its slots would land elsewhere anyway.
+                os.ftruncate(descriptor, size)
+            return mmap.mmap(descriptor, size)
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(descriptor)
 
-    def seen(self, digest: int, version: _FileVersion) -> bool:
+    @staticmethod
+    def version_hash(version: _FileVersion) -> int:
+        packed = struct.pack("<5q", *version) + _BOOT_ID
+        return int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little") or 1
+
+    def find(self, digest: int) -> tuple[str | None, int]:
+        """``(value file name relative to the store, checked version hash)`` of a key; ``(None, 0)`` if unknown."""
         if not self.slots:
-            return False
-        slot = digest % self.slots
-        return int(self._keys[slot]) == digest and int(self._versions[slot]) == self._hash(version)
+            return None, 0
+        found, version, high, low = self._words[digest % self.slots].tolist()
+        if found != digest:
+            return None, 0
+        if not high and not low:
+            return None, version
+        name = f"{high:016x}{low:016x}"
+        return f"{name[:2]}/{name[2:4]}/{name[4:]}.val", version
 
-    def remember(self, digest: int, version: _FileVersion) -> None:
-        if self.slots:
-            slot = digest % self.slots
-            self._keys[slot] = digest
-            self._versions[slot] = self._hash(version)
+    def remember(self, digest: int, *, filename: str | None = None, version: int | None = None) -> None:
+        """Record the key's value file and/or the version hash checked in full (what is not given is kept if
+        the slot is this key's, else cleared)."""
+        if not self.slots:
+            return
+        row = self._words[digest % self.slots]
+        old_digest, old_version, high, low = row.tolist()
+        if old_digest != digest:
+            old_version, high, low = 0, 0, 0
+        if filename is not None:
+            match = self._NAME.fullmatch(filename.replace(os.sep, "/"))
+            if match is None:
+                high = low = 0
+            else:
+                name = "".join(match.groups())
+                high, low = int(name[:16], 16), int(name[16:], 16)
+        row[:] = (digest, old_version if version is None else version, high, low)
 
     def forget(self, digest: int) -> None:
-        if self.slots and int(self._keys[digest % self.slots]) == digest:
-            self._keys[digest % self.slots] = 0
+        if self.slots and int(self._words[digest % self.slots, 0]) == digest:
+            self._words[digest % self.slots] = 0
+
+
+def _boot_id() -> bytes:
+    """What changes at every boot: Linux's boot id, else the boot time to ten seconds (a sleep that shifts it
+    only costs a check again)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as handle:
+            return handle.read().strip()
+    except OSError:
+        return str(round(time.time() - time.monotonic(), -1)).encode()
+
+
+_BOOT_ID = _boot_id()
 
 
 # --- keys and location --------------------------------------------------------------------------------------
@@ -821,6 +939,7 @@ class _Store:
         self.top = top
         self.sub = sub
         self.directory = top / sub if sub else top
+        self.folder = str(self.directory)  # for os.path.join on the warm path (a Path join costs ~10 us)
         self.settings = settings
         self.size_limit = size_limit
         self.events = events
@@ -1164,11 +1283,23 @@ class ArrayCache:
         self._lock = threading.RLock()  # guards the per-key lock table
         self._stats_lock = threading.Lock()
         self._key_locks: dict[str, list[Any]] = {}  # key -> [lock, number of holders and waiters]
-        # A forked child keeps the parent's table: it is keyed by file identity (device, inode, size, times),
-        # which a fork does not change, so a fresh DataLoader worker does not check every file again.
-        existing = getattr(self, "_checked", None)
-        self._checked = existing if existing is not None else _CheckedTable(self.checked_table_bytes)
+        # A forked child keeps the parent's file table (a shared mapping, and keyed by file identity, which a
+        # fork does not change); a process that unpickled the cache maps the same file on first use.
+        self._file_table: _FileTable | None = getattr(self, "_file_table", None)
         self._stats = CacheStats()
+
+    @property
+    def _files(self) -> _FileTable:
+        """The file table, mapped on first use (the directory may not exist before)."""
+        table = self._file_table
+        if table is None:
+            with self._lock:
+                if self._file_table is None:
+                    with contextlib.suppress(OSError):
+                        self.directory.mkdir(parents=True, exist_ok=True)
+                    self._file_table = _FileTable(self.directory / _FILE_TABLE, self.checked_table_bytes)
+                table = self._file_table
+        return table
 
     @property
     def stats(self) -> CacheStats:
@@ -1219,33 +1350,37 @@ class ArrayCache:
 
     # --- reads --------------------------------------------------------------------------------------------
 
-    def _read_entry(self, store: _Store, key: str) -> tuple[np.ndarray, _FileVersion | None] | None:
+    def _read_entry(self, store: _Store, key: str) -> tuple[np.ndarray, _FileVersion | None, str | None] | None:
         """Return the stored bytes of ``key`` as a writable uint8 array, ``None`` if absent.
 
-        The bytes come with their value file's version, or ``None`` for small values kept inside SQLite.
+        The bytes come with their value file's version and name (relative to the store), or ``None`` twice for
+        small values kept inside SQLite.
 
         Raises:
             _CorruptEntry: The row exists but its value file does not, or cannot be read.
         """
 
-        def fetch(cache: Any) -> tuple[np.ndarray, _FileVersion | None] | object:
+        def fetch(cache: Any) -> tuple[np.ndarray, _FileVersion | None, str | None] | object:
             value = cache.get(key, default=_MISSING, read=True, retry=True)
             if value is _MISSING:
                 return _MISSING
             if isinstance(value, bytes):  # small values live inside SQLite; copy so the result is writable
-                return np.frombuffer(bytearray(value), dtype=np.uint8), None
+                return np.frombuffer(bytearray(value), dtype=np.uint8), None, None
             if not isinstance(value, io.BufferedIOBase):
                 raise _CorruptEntry(f"entry is a {type(value).__name__}, not bytes written by this module")
             try:
                 with value:
-                    return _read_all(value)
+                    buffer, version = _read_all(value)
             except OSError as exc:
                 raise _CorruptEntry(f"value file unreadable: {exc}") from exc
+            name = getattr(value, "name", None)
+            relative = os.path.relpath(name, store.directory) if isinstance(name, str) else None
+            return buffer, version, relative
 
         for attempt in range(_MISSING_FILE_ATTEMPTS):
             value = store.call("get", fetch, check_stale=False)
             if value is not _MISSING:
-                return cast("tuple[np.ndarray, _FileVersion | None]", value)
+                return cast("tuple[np.ndarray, _FileVersion | None, str | None]", value)
             # diskcache answers "missing" both for absent keys and for rows whose file vanished. Look again:
             # an overwrite of the same key deletes the old file right after its commit, and a reader that
             # selected the old row just before can find the file gone. That is churn, not damage: retry.
@@ -1256,8 +1391,50 @@ class ArrayCache:
         # entry, which costs a fetch, never a wrong value.
         raise _CorruptEntry("value file missing")
 
-    def _get(self, key: str, kind: int, *, count_miss: bool = True, metadata: bool = False) -> tuple[bool, Any]:
-        """Look ``key`` up and decode it as ``kind``, keeping the statistics.
+    def _read_located(self, store: _Store, number: int, digest: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+        """The warm path: read an array from the value file the file table names, without asking SQLite.
+
+        Returns:
+            ``(entry bytes, array)``, or ``None`` whenever anything is not as the table says (the file is gone,
+            it is another key's, its checks fail): the caller then takes the SQLite path, which tells a stale
+            slot from a damaged entry.
+        """
+        filename, checked = self._files.find(number)
+        if filename is None:
+            return None
+        try:
+            with open(os.path.join(store.folder, filename), "rb") as handle:
+                buffer, version = _read_all(handle)
+        except OSError:
+            return None
+        seen = _FileTable.version_hash(version)
+        try:
+            found, payload = _unframe(buffer, digest, check_payload=seen != checked)
+        except _CorruptEntry:
+            return None
+        if found != _KIND_ARRAY:
+            return None
+        if seen != checked and time.time_ns() - version[3] > _SETTLED_NS:
+            self._files.remember(number, version=seen)
+        return buffer, cast(np.ndarray, payload)
+
+    def _get(
+        self,
+        key: str | Callable[[], str],
+        kind: int,
+        *,
+        count_miss: bool = True,
+        metadata: bool = False,
+        digest: bytes | None = None,
+    ) -> tuple[bool, Any]:
+        """Look a key up and decode it as ``kind``, keeping the statistics.
+
+        Args:
+            key: The key, or what makes it (called only when the file table does not lead to the value).
+            kind: Array or JSON.
+            count_miss: Count a miss in the statistics.
+            metadata: Look in the metadata store.
+            digest: The key's :func:`_key_digest`, when the caller has it.
 
         Returns:
             ``(True, value)`` for a hit, ``(False, None)`` for a miss or a damaged (now deleted) entry.
@@ -1266,20 +1443,38 @@ class ArrayCache:
             CacheError: The cache is unusable.
         """
         store = self._store(kind, metadata=metadata)
-        digest = int.from_bytes(_key_digest(key), "little")
+        if digest is None:
+            digest = _key_digest(key if isinstance(key, str) else key())
+        number = int.from_bytes(digest, "little")
+        if store is self._arrays and kind == _KIND_ARRAY:
+            located = self._read_located(store, number, digest)
+            if located is not None:
+                with self._stats_lock:
+                    self._stats.hits += 1
+                    self._stats.bytes_read += located[0].size
+                return True, located[1]
+        if not isinstance(key, str):
+            key = key()
         try:
             entry = self._read_entry(store, key)
             if entry is None:
                 with self._stats_lock:
                     self._stats.misses += count_miss
                 return False, None
-            buffer, version = entry
-            checked = version is not None and self._checked.seen(digest, version)
-            found, payload = _unframe(buffer, key, check_payload=not checked)
+            buffer, version, filename = entry
+            seen = _FileTable.version_hash(version) if version is not None else 0
+            checked = version is not None and self._files.find(number)[1] == seen
+            found, payload = _unframe(buffer, digest, check_payload=not checked)
             # Only a file that has been still for a while is remembered: file times tick coarsely (milliseconds),
             # so a rewrite right after the check could otherwise keep the same modification time.
-            if version is not None and not checked and time.time_ns() - version[3] > _SETTLED_NS:
-                self._checked.remember(digest, version)
+            settled = version is not None and (checked or time.time_ns() - version[3] > _SETTLED_NS)
+            if version is not None:
+                # The value file is recorded only for the array store, whose warm reads go through the table.
+                self._files.remember(
+                    number,
+                    filename=filename if store is self._arrays and found == _KIND_ARRAY else "",
+                    version=seen if settled else 0,
+                )
             if found != kind:
                 # The metadata store holds JSON and some arrays (put_array(..., metadata=True)): asking for the
                 # other kind is a miss, not damage, and must not delete the entry.
@@ -1293,7 +1488,7 @@ class ArrayCache:
                     raise _CorruptEntry(f"undecodable JSON: {exc}") from exc
         except _CorruptEntry as exc:
             # Damage is not an error for the caller: drop the entry and let them fetch the value again.
-            self._checked.forget(digest)
+            self._files.forget(number)
             store.call("delete", lambda cache: cache.delete(key, retry=True))
             with self._stats_lock:
                 self._stats.corrupt += not isinstance(exc, _OutdatedEntry)
@@ -1323,6 +1518,29 @@ class ArrayCache:
         """
         return cast("np.ndarray | None", self._get(key, _KIND_ARRAY, metadata=metadata)[1])
 
+    def find_array(self, digest: bytes, key: Callable[[], str]) -> np.ndarray | None:
+        """:meth:`get_array` for hot paths that keep each key's digest instead of its string.
+
+        A warm read finds the value file through the file table and never needs the key itself; ``key`` is
+        called only when the table does not lead to the value.
+
+        Args:
+            digest: :meth:`key_digest` of the key.
+            key: Makes the key.
+
+        Returns:
+            As :meth:`get_array`.
+
+        Raises:
+            CacheError: The cache is unusable.
+        """
+        return cast("np.ndarray | None", self._get(key, _KIND_ARRAY, digest=digest)[1])
+
+    @staticmethod
+    def key_digest(key: str) -> bytes:
+        """The 8-byte digest of ``key`` that :meth:`find_array` takes (and every entry's header holds)."""
+        return _key_digest(key)
+
     def get_json(self, key: str) -> Any | None:
         """Return the JSON value stored under ``key``, ``None`` when missing, damaged or outdated.
 
@@ -1340,18 +1558,27 @@ class ArrayCache:
 
     # --- writes -------------------------------------------------------------------------------------------
 
-    def _put(self, store: _Store, key: str, entry: bytes) -> None:
+    def _put(self, store: _Store, key: str, parts: tuple[bytes, memoryview, bytes] | bytes) -> None:
         # diskcache writes a value file completely before inserting the row that points to it, in one
         # transaction, so readers never see a half-written entry; `bytes` (not pickle) keeps large values
         # as plain files that reads can pull in with one readinto.
-        if len(entry) < _FILE_THRESHOLD:
+        framed = parts if isinstance(parts, tuple) else (parts, memoryview(b""), b"")
+        size = sum(len(part) if isinstance(part, bytes) else part.nbytes for part in framed)
+        if size < _FILE_THRESHOLD:
+            entry = b"".join(framed)
             store.call("put", lambda cache: cache.set(key, entry, retry=True), write=True)
         else:
             # As a file object diskcache copies the value in 4 MiB writes; given `bytes` it would iterate them
             # like text, line by line, and the many small writes leave a file that reads back ~1.6x slower.
-            store.call("put", lambda cache: cache.set(key, io.BytesIO(entry), read=True, retry=True), write=True)
+            # (A fresh reader per attempt: a rebuilt database retries the write.)
+            store.call(
+                "put", lambda cache: cache.set(key, _EntryReader(framed), read=True, retry=True), write=True
+            )
+        if store is self._arrays:
+            # A reader must not be led to the value file this write replaced (it is deleted, but not atomically).
+            self._files.forget(int.from_bytes(_key_digest(key), "little"))
         with self._stats_lock:
-            self._stats.bytes_written += len(entry)
+            self._stats.bytes_written += size
 
     def put_array(self, key: str, array: np.ndarray, *, metadata: bool = False) -> None:
         """Store ``array`` under ``key``, replacing any previous array.

@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
 import select
 import shutil
 import signal
@@ -137,24 +138,59 @@ def test_entries_of_the_old_format_are_misses_not_damage(tmp_path: Path) -> None
 # --- 15: the remembered-check table is bounded in bytes --------------------------------------------------------
 
 
-def test_check_table_costs_its_budget_and_no_more(tmp_path: Path) -> None:
+def test_file_table_costs_its_budget_and_no_more(tmp_path: Path) -> None:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         cache = ArrayCache(tmp_path / "c", checked_table_bytes=1 << 20)
-        table = cache._checked
+        table = cache._files
         for i in range(200_000):  # far more files than slots: the table does not grow
             digest = int.from_bytes(cache_module._key_digest(f"points|p|job-{i // 80}|frame-{i % 80}|lidar|"), "little")
-            table.remember(digest, (2049, 10_000 + i, 2_400_000, 1_764_000_000_000_000_000 + i, 1))
+            table.remember(digest, filename=f"ab/cd/{i:028x}.val", version=i + 1)
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert table.slots == 65_536  # 16 bytes each
-    assert grown < (1 << 20) + 64 * 1024, f"{grown} bytes for a 1 MiB table"
+    assert table.slots == 32_768 and table.shared  # 32 bytes each, in the cache's own file
+    assert (tmp_path / "c" / "files.table").stat().st_size == 1 << 20
+    assert grown < 64 * 1024, f"{grown} bytes of Python memory for a 1 MiB mapped table"
+    # The last key written is found with its file and version; an overwritten one is simply not known.
+    assert table.find(digest) == (f"ab/cd/{199_999:028x}.val", 200_000)
+    first = int.from_bytes(cache_module._key_digest("points|p|job-0|frame-0|lidar|"), "little")
+    assert table.find(first) == (None, 0)
+
+
+def test_file_table_is_shared_by_processes_and_never_trusted_alone(tmp_path: Path) -> None:
+    """A second process (a fresh handle) finds the value file without SQLite; a slot naming another key's file,
+    or a file that is gone, costs a lookup and never a wrong value."""
+    cache = ArrayCache(tmp_path / "c")
+    arrays = {f"k{i}": np.full(20_000, float(i)) for i in range(3)}
+    for key, array in arrays.items():
+        cache.put_array(key, array)
+        settle(file_of(cache, key, array))
+        np.testing.assert_array_equal(cache.get_array(key), array)  # the SQLite path records file and check
+    other = pickle.loads(pickle.dumps(cache))  # as a spawned worker gets it: maps the same table file
+    digests = {key: int.from_bytes(cache_module._key_digest(key), "little") for key in arrays}
+    assert all(other._files.find(d)[0] for d in digests.values())
+    lookups: list[str] = []
+    real = ArrayCache._read_entry
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ArrayCache, "_read_entry", lambda self, store, key: lookups.append(key) or real(self, store, key))
+        for key, array in arrays.items():
+            np.testing.assert_array_equal(other.get_array(key), array)
+        assert lookups == [], "warm reads went through the shared table"
+        # Forge: k0's slot names k1's file. The header names k1, so k0 is read through SQLite, correctly.
+        k1_file = other._files.find(digests["k1"])[0]
+        other._files.remember(digests["k0"], filename=k1_file)
+        np.testing.assert_array_equal(other.get_array("k0"), arrays["k0"])
+        assert lookups == ["k0"]
+        # A file that is gone (deleted behind the cache's back): a lookup, then a miss as the row says.
+        os.unlink(tmp_path / "c" / k1_file)
+        assert other.get_array("k1") is None
+    assert other.stats.corrupt == 1 and cache.get_array("k2") is not None
 
 
 def test_remembered_checks_still_check_evicted_slots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cache = ArrayCache(tmp_path / "c", checked_table_bytes=16)  # one slot
+    cache = ArrayCache(tmp_path / "c", checked_table_bytes=32)  # one slot
     arrays = {f"k{i}": np.full(20_000, float(i)) for i in range(3)}
     for key, array in arrays.items():
         cache.put_array(key, array)
