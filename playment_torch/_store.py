@@ -288,7 +288,7 @@ class FrameStore:
 
         def create() -> np.ndarray:
             started = time.perf_counter()
-            body = self._client().download(url, private=private)
+            body = self._client().download(url, private=private, in_place=True)
             downloaded = time.perf_counter()
             try:
                 array = decode(body)

@@ -661,11 +661,15 @@ class PlaymentClient:
         self._breaker.success(host)
         return response
 
-    def _read_body(self, response: requests.Response, url: str, *, from_api: bool = False) -> bytes:
+    def _read_body(
+        self, response: requests.Response, url: str, *, from_api: bool = False, in_place: bool = False
+    ) -> bytes:
         """Read a streamed body whole: under the size cap and the deadline, checked against its framing.
 
         The raw (still encoded) bytes are counted against ``Content-Length``; a gzip/deflate body is decoded
         here, not by urllib3, so a stream that stops before its end marker is a truncation, not a short body.
+        With ``in_place`` and a plain body of known length, the chunks are copied into one ``bytearray`` of
+        that length as they arrive (peak memory about the body, where joining them costs a second copy).
 
         Raises:
             _Transient: the body broke off, is truncated or corrupt, or passed the deadline.
@@ -682,6 +686,7 @@ class PlaymentClient:
             raise DownloadError(f"file is {expected} bytes, over the {cap}-byte cap", url=url)
         started = time.monotonic()
         parts: list[bytes] = []
+        whole = bytearray(expected) if in_place and decoder is None and expected is not None else None
         received = size = 0
         try:
             while True:
@@ -691,10 +696,15 @@ class PlaymentClient:
                 received += len(chunk)
                 if decoder is not None:
                     chunk = decoder.feed(chunk, cap - size)
+                if whole is not None:
+                    if size + len(chunk) > len(whole):
+                        raise _Transient(f"body longer than its Content-Length of {expected} bytes")
+                    whole[size : size + len(chunk)] = chunk
+                else:
+                    parts.append(chunk)
                 size += len(chunk)
                 if size > cap:
                     raise DownloadError(f"file exceeds the {cap}-byte cap", url=url)
-                parts.append(chunk)
                 self._check_deadline(started, max(received, expected or 0), received)
             if decoder is not None and received:
                 # (An empty body with a Content-Encoding, as S3 serves an empty object stored with one, is empty.)
@@ -709,7 +719,7 @@ class PlaymentClient:
             ) from None
         if expected is not None and received != expected:
             raise _Transient(f"truncated body: {received} of {expected} bytes", from_api=from_api)
-        return b"".join(parts)
+        return whole if whole is not None else b"".join(parts)
 
     def _check_deadline(self, started: float, volume: int, received: int) -> None:
         if self.download_deadline is None:
@@ -901,7 +911,7 @@ class PlaymentClient:
         bucket = parts.path.lstrip("/").split("/", 1)[0].lower()
         return host.endswith("amazonaws.com") and bucket.startswith("playment-")
 
-    def download(self, url: str, *, private: bool = False) -> bytes:
+    def download(self, url: str, *, private: bool = False, in_place: bool = False) -> bytes:
         """Fetch a file's bytes: attachments-aware, retried, verified against Content-Length, size-capped.
 
         Playment-hosted URLs (and ``s3://``/``gs://`` ones) are exchanged for a signed URL at
@@ -913,6 +923,8 @@ class PlaymentClient:
             url: The file's URL.
             private: The URL names a file Playment keeps private (a job's result, a mask): always go through
                 ``/v1/attachments``, whatever its host.
+            in_place: The result may be a ``bytearray`` filled as the body arrives: peak memory about the
+                file's size instead of twice it (``bytes`` are built by joining the received chunks).
 
         Raises:
             DownloadError: the file could not be fetched intact after the retries, is larger than the cap, or
@@ -933,21 +945,23 @@ class PlaymentClient:
                 url=url,
             )
         if scheme in ("http", "https") and not private and not self.is_playment_hosted(url):
-            return self._with_retries(f"download {redact_url(url)}", url, lambda: self._fetch(url))
-        return self._download_attachment(url)
+            return self._with_retries(
+                f"download {redact_url(url)}", url, lambda: self._fetch(url, in_place=in_place)
+            )
+        return self._download_attachment(url, in_place=in_place)
 
-    def _download_attachment(self, url: str) -> bytes:
+    def _download_attachment(self, url: str, *, in_place: bool = False) -> bytes:
         what = f"attachment {redact_url(url)}"
 
         def attempt() -> bytes:
             # Every attempt asks for a fresh signature, so an expired one costs one round trip, not a backoff.
             try:
-                return self._fetch(self._sign(url), signed=True)
+                return self._fetch(self._sign(url), signed=True, in_place=in_place)
             except _Transient as failure:
                 if failure.status != 403:
                     raise
                 logger.info("%s: signed URL refused (HTTP 403), asking for a new one", what)
-                return self._fetch(self._sign(url), signed=True)
+                return self._fetch(self._sign(url), signed=True, in_place=in_place)
 
         return self._with_retries(what, url, attempt)
 
@@ -983,13 +997,14 @@ class PlaymentClient:
                 )
             raise _api_error(f"attachment {redact_url(url)}", endpoint, status, code, message or "refused")
 
-    def _fetch(self, url: str, *, signed: bool = False) -> bytes:
+    def _fetch(self, url: str, *, signed: bool = False, in_place: bool = False) -> bytes:
         """GET one file (one attempt): stream it under the size cap and check it arrived whole.
 
         Args:
             url: The file's URL.
             signed: Whether it is a signed URL, where a 403 means "expired, ask again" rather than
                 "forbidden".
+            in_place: See :meth:`download`.
         """
         scheme = _split(url, DownloadError("malformed URL", url=url)).scheme.lower()
         if scheme not in ("http", "https"):
@@ -1005,7 +1020,7 @@ class PlaymentClient:
                 if status == 404:
                     raise NotFoundError("file not found", status_code=404, url=url)
                 raise DownloadError(f"HTTP {status} while downloading", url=url)
-            return self._read_body(response, url)
+            return self._read_body(response, url, in_place=in_place)
 
     def _local_path(self, url: str) -> Path | None:
         for prefix, root in sorted(self.local_roots.items(), key=lambda kv: -len(kv[0])):

@@ -240,12 +240,13 @@ def deflate(data: bytes, *, wbits: int) -> bytes:
         ("gzip", gzip.compress(PAYLOAD[:1000]) + gzip.compress(PAYLOAD[1000:])),  # two gzip members
     ],
 )
-def test_encoded_bodies_decode_whole(scripted: Scripted, coding: str, encoded: bytes) -> None:
+@pytest.mark.parametrize("in_place", [False, True])
+def test_encoded_bodies_decode_whole(scripted: Scripted, coding: str, encoded: bytes, in_place: bool) -> None:
     scripted.script["/direct/a"] = raw(
         encoded, headers={"Content-Encoding": coding, "Content-Length": str(len(encoded))}
     )
     with PlaymentClient(KEY, base_url=scripted.url, retry=FAST) as client:
-        assert client.download(f"{scripted.url}/direct/a") == PAYLOAD
+        assert client.download(f"{scripted.url}/direct/a", in_place=in_place) == PAYLOAD
 
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate"])
