@@ -71,7 +71,9 @@ def test_a_fresh_process_reads_warm_frames_without_sqlite(server, tmp_path, monk
     fresh = pickle.loads(pickle.dumps(ds))  # what a spawned DataLoader worker gets: no memo, no handle
     lookups: list[str] = []
     real = ArrayCache._read_entry
-    monkeypatch.setattr(ArrayCache, "_read_entry", lambda self, store, key: lookups.append(key) or real(self, store, key))
+    monkeypatch.setattr(
+        ArrayCache, "_read_entry", lambda self, store, key: lookups.append(key) or real(self, store, key)
+    )
     for i, sample in enumerate(expected):
         got = fresh[i]
         np.testing.assert_array_equal(got.points.numpy(), sample.points.numpy())
