@@ -719,7 +719,9 @@ class PlaymentClient:
             ) from None
         if expected is not None and received != expected:
             raise _Transient(f"truncated body: {received} of {expected} bytes", from_api=from_api)
-        return whole if whole is not None else b"".join(parts)
+        # (A bytearray where bytes are promised: it is bytes-like for every reader, and copying it would undo the
+        # point of filling it in place.)
+        return whole if whole is not None else b"".join(parts)  # type: ignore[return-value]
 
     def _check_deadline(self, started: float, volume: int, received: int) -> None:
         if self.download_deadline is None:

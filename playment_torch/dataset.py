@@ -36,11 +36,9 @@ import copy
 import logging
 import operator
 import os
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -59,6 +57,7 @@ from playment_torch._catalog import (
     write_snapshot,
 )
 from playment_torch._counters import SharedCounters
+from playment_torch._prefetch import default_processes, fetch_frames
 from playment_torch._store import FrameStore
 from playment_torch.cache import ArrayCache
 from playment_torch.client import PlaymentClient
@@ -539,12 +538,19 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
 
     # ------------------------------------------------------------------------------------------- prefetch
 
-    def prefetch(self, num_threads: int = 16, progress: bool | None = True) -> PrefetchReport:
+    def prefetch(
+        self, num_threads: int = 16, progress: bool | None = True, *, processes: int | None = None
+    ) -> PrefetchReport:
         """Download and cache every frame's points and mask, concurrently. The dataset itself does not change.
 
         Args:
-            num_threads: Concurrent downloads.
+            num_threads: Concurrent downloads, in all.
             progress: Allow a progress bar (it is shown only on a terminal).
+            processes: Worker processes sharing the work, each with its share of the threads: a cold frame
+                costs ~15-30 ms of CPU, mostly Python holding the GIL, so threads alone stop at about one core.
+                ``None``: one per core this process may use, at most 8 and at most one per 16 frames. Needs
+                ``fork`` (Linux); elsewhere, and with ``1``, threads in this process only. Inside each rank of a
+                multi-process job, pass what that rank's share of the cores is (often 1).
 
         Returns:
             Frames, bytes, time and failures; ``ds.subset(report.loaded)`` is a new dataset of the frames that
@@ -556,43 +562,31 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
         started = time.perf_counter()
         before = self.stats()
         report = PrefetchReport(frames=len(self))
-        downloaded = np.zeros(len(self), dtype=bool)
-        lock = threading.Lock()
+        count = default_processes(len(self)) if processes is None else max(1, int(processes))
         if self._client is not None:
             # A connection per thread, none thrown away. (A client made later, on the first miss, keeps its
             # default pool of 64; making one here would need a key even when everything is cached.)
-            self._client.ensure_pool_size(num_threads)
-
-        def load(position: int) -> None:
-            try:
-                downloaded[position] = self._store.ensure(position)
-            except PlaymentError as exc:
-                where = self._store.where(position)
-                with lock:
-                    report.failed.append(position)
-                    report.failures.append(
-                        (self._index.job_of(position).job_id, self._index.frame_ids[position], _reason(exc, where))
-                    )
-                    if report.first_error is None:
-                        report.first_error = exc
-                    host = _unreachable_host(exc)
-                    if host and host not in report.unreachable_hosts:
-                        report.unreachable_hosts.append(host)
-                # Only the first exception is kept: a traceback holds its frames' locals, download bodies included.
-                del exc
-
-        with (
-            ThreadPoolExecutor(max(1, num_threads)) as pool,
-            self._bar(len(self), "prefetch", "frame", progress) as bar,
-        ):
-            for _ in pool.map(load, range(len(self))):
-                bar.update(1)
+            self._client.ensure_pool_size(-(-num_threads // count))
+        with self._bar(len(self), "prefetch", "frame", progress) as bar:
+            outcome = fetch_frames(
+                self._store, range(len(self)), threads=num_threads, processes=count, on_progress=bar.update
+            )
+        for position, exc in sorted(outcome.failures, key=operator.itemgetter(0)):
+            report.failed.append(position)
+            where = self._store.where(position)
+            report.failures.append(
+                (self._index.job_of(position).job_id, self._index.frame_ids[position], _reason(exc, where))
+            )
+            if report.first_error is None:
+                report.first_error = exc
+            host = _unreachable_host(exc)
+            if host and host not in report.unreachable_hosts:
+                report.unreachable_hosts.append(host)
         after = self.stats()
-        report.downloaded = int(downloaded.sum())
+        report.downloaded = len(outcome.downloaded)
         report.bytes_downloaded = after.bytes_downloaded - before.bytes_downloaded
         report.seconds = time.perf_counter() - started
         report.failures.sort()
-        report.failed.sort()
         if report.failures and self.on_error == "raise":
             job_id, frame_id, reason = report.failures[0]
             raise PlaymentError(

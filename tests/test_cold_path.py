@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import time
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +109,78 @@ def test_a_fresh_process_trusts_what_another_checked_only_for_a_settled_file(ser
         fresh[i]
     assert sums, "the rewritten file was checked"
     assert fresh.cache.stats.corrupt == 1
+
+
+# --- prefetch in several processes ------------------------------------------------------------------------------
+
+
+def _storage_gets(server: FakePlaymentServer) -> Counter[str]:
+    return Counter(r.path for r in server.requests if r.route in ("storage", "direct") and r.method == "GET")
+
+
+def _fresh(server: FakePlaymentServer, cache: Path, **options: object) -> PlaymentSegmentationDataset:
+    return PlaymentSegmentationDataset(
+        server.project_id, client=fast_client(server), cache_dir=str(cache), progress=False, **options
+    )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="processes need fork (Linux)")
+def test_prefetch_in_processes_downloads_each_file_once_and_matches_threads(server, tmp_path) -> None:
+    add_synthetic_project(server, n_jobs=3, frames_per_job=4, points_per_frame=10_000, seed=4)
+    forked = _fresh(server, tmp_path / "forked")
+    results = _storage_gets(server)  # the job results, fetched while constructing
+    report = forked.prefetch(num_threads=4, processes=3)
+    assert (report.frames, report.downloaded, report.failures) == (12, 12, [])
+    gets = _storage_gets(server) - results
+    assert len(gets) == 24 and set(gets.values()) == {1}, "every point cloud and mask left the server once"
+    # The parent's counters include the workers'; a second prefetch downloads nothing.
+    assert forked.stats().misses == 24
+    again = forked.prefetch(num_threads=4, processes=3)
+    assert again.downloaded == 0 and _storage_gets(server) - results == gets
+    threaded = _fresh(server, tmp_path / "threads")
+    threads_report = threaded.prefetch(num_threads=4, processes=1)
+    assert report.bytes_downloaded == threads_report.bytes_downloaded > 12 * 10_000 * 16
+    for i in range(len(forked)):
+        a, b = forked[i], threaded[i]
+        np.testing.assert_array_equal(a.points.numpy(), b.points.numpy())
+        np.testing.assert_array_equal(a.labels.numpy(), b.labels.numpy())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="processes need fork (Linux)")
+def test_failures_in_worker_processes_come_back_typed_and_named(server, tmp_path) -> None:
+    from playment_torch.errors import FrameError
+
+    add_synthetic_project(server, n_jobs=2, frames_per_job=3, points_per_frame=10_000, seed=6)
+    ds = _fresh(server, tmp_path / "c", on_error="skip")
+    victim = 4
+    server.add_fault("storage", status=404, times=None, match=ds.frames[victim].mask_url.split("/", 3)[-1])
+    report = ds.prefetch(num_threads=2, processes=2)
+    assert report.failed == [victim] and report.loaded == [0, 1, 2, 3, 5]
+    ((job_id, frame_id, reason),) = report.failures
+    assert (job_id, frame_id) == (ds.frames[victim].job_id, ds.frames[victim].frame_id)
+    assert "not found" in reason
+    assert isinstance(report.first_error, FrameError | DownloadError)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="processes need fork (Linux)")
+def test_a_worker_process_that_dies_fails_its_frames_and_nothing_hangs(server, tmp_path, monkeypatch) -> None:
+    from playment_torch._store import FrameStore
+
+    add_synthetic_project(server, n_jobs=2, frames_per_job=3, points_per_frame=10_000, seed=8)
+    ds = _fresh(server, tmp_path / "c", on_error="skip")
+    real = FrameStore.ensure
+
+    def ensure(self: FrameStore, position: int) -> bool:
+        if position == 1:
+            os._exit(3)  # the worker holding frame 1 is killed (as by the OOM killer)
+        return real(self, position)
+
+    monkeypatch.setattr(FrameStore, "ensure", ensure)
+    started = time.monotonic()
+    report = ds.prefetch(num_threads=2, processes=2)
+    assert time.monotonic() - started < 60
+    # Positions are split 0,2,4 / 1,3,5: the second worker's frames fail, saying why; the first's load.
+    assert report.failed == [1, 3, 5]
+    assert all("died (exit code 3)" in reason for _, _, reason in report.failures)
+    monkeypatch.setattr(FrameStore, "ensure", real)
+    assert ds.prefetch(num_threads=2, processes=1).failures == []

@@ -1,0 +1,206 @@
+"""Filling the cache with many frames at once: threads for the network, processes for the CPU. Torch-free.
+
+A cold frame costs the client ~15-30 ms of CPU (HTTP, decoding, checksums, the cache write), most of it Python
+holding the GIL, so threads alone stop scaling at about one core: on a 2-core machine 32 threads were no faster
+than 8. :func:`fetch_frames` therefore splits the frames between forked worker processes (one per core by
+default) that each run a pool of threads, and gathers what they did. Processes need ``fork`` (Linux); elsewhere
+the frames are fetched by threads in this process.
+
+Every process writes the same cache under its per-key locks, so a frame is downloaded once whatever the split;
+counters (bytes, hits) go to the dataset's shared counters, which sum over processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from playment_torch._store import FrameStore
+from playment_torch.errors import PlaymentError
+
+__all__ = ["FetchOutcome", "default_processes", "fetch_frames"]
+
+# Fewer frames than this per process and a fork costs more than it saves.
+_FRAMES_PER_PROCESS = 16
+_MAX_PROCESSES = 8
+_POLL_SECONDS = 0.1
+
+
+@dataclass
+class FetchOutcome:
+    """What fetching did, by frame position.
+
+    Attributes:
+        downloaded: Positions that needed a download.
+        failures: ``(position, error)`` of the frames that failed (an error that crossed from a worker process
+            is an unpickled copy: same type and message, no traceback).
+    """
+
+    downloaded: list[int] = field(default_factory=list)
+    failures: list[tuple[int, PlaymentError]] = field(default_factory=list)
+
+
+def default_processes(frames: int) -> int:
+    """One process per core this process may use, at most 8 and at most one per 16 frames; 1 without ``fork``."""
+    if not _can_fork():
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - sched_getaffinity is Linux-only
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, _MAX_PROCESSES, frames // _FRAMES_PER_PROCESS))
+
+
+def fetch_frames(
+    store: FrameStore,
+    positions: Sequence[int],
+    *,
+    threads: int,
+    processes: int,
+    on_progress: Callable[[int], None],
+) -> FetchOutcome:
+    """Make sure every frame of ``positions`` is cached.
+
+    Args:
+        store: The frames.
+        positions: Which.
+        threads: Concurrent downloads in all (divided between the processes).
+        processes: Worker processes (1: threads in this process only; more need ``fork``).
+        on_progress: Called in this process with the number of frames finished since the last call.
+
+    Returns:
+        The outcome, positions in no particular order.
+    """
+    processes = max(1, min(processes, len(positions)))
+    if processes == 1 or not _can_fork():
+        return _fetch_here(store, positions, max(1, threads), on_progress)
+    return _fetch_forked(store, positions, threads, processes, on_progress)
+
+
+def _can_fork() -> bool:
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _fetch_here(
+    store: FrameStore, positions: Sequence[int], threads: int, on_progress: Callable[[int], None]
+) -> FetchOutcome:
+    outcome = FetchOutcome()
+    lock = threading.Lock()
+
+    def load(position: int) -> None:
+        try:
+            downloaded = store.ensure(position)
+        except PlaymentError as exc:
+            with lock:
+                if outcome.failures:
+                    # A traceback holds its frames' locals, download bodies included: only the first failure
+                    # keeps its traceback and causes; a project failing systematically keeps messages.
+                    exc.__traceback__ = None
+                    exc.__cause__ = exc.__context__ = None
+                outcome.failures.append((position, exc))
+            return
+        if downloaded:
+            with lock:
+                outcome.downloaded.append(position)
+
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(load, positions):
+            on_progress(1)
+    return outcome
+
+
+def _fetch_forked(
+    store: FrameStore,
+    positions: Sequence[int],
+    threads: int,
+    processes: int,
+    on_progress: Callable[[int], None],
+) -> FetchOutcome:
+    context = multiprocessing.get_context("fork")
+    shares = [list(positions[k::processes]) for k in range(processes)]
+    per_process = max(1, -(-threads // processes))
+    workers: list[tuple[Any, Any, Any, list[int]]] = []
+    outcome = FetchOutcome()
+    try:
+        for share in shares:
+            done = context.Value("q", 0, lock=False)  # written by the worker alone, read here
+            receive, send = context.Pipe(duplex=False)
+            worker = context.Process(
+                target=_worker, args=(store, share, per_process, done, send), name="playment-prefetch", daemon=True
+            )
+            worker.start()
+            send.close()
+            workers.append((worker, receive, done, share))
+        reported = [0] * len(workers)
+        pending = {receive: i for i, (_, receive, _, _) in enumerate(workers)}
+        while pending:
+            ready = multiprocessing.connection.wait(list(pending), timeout=_POLL_SECONDS)
+            for i, (_, _, done, _) in enumerate(workers):
+                now = int(done.value)
+                if now > reported[i]:
+                    on_progress(now - reported[i])
+                    reported[i] = now
+            for connection in ready:
+                i = pending.pop(connection)
+                worker, receive, _, share = workers[i]
+                try:
+                    part: FetchOutcome = receive.recv()
+                except (EOFError, OSError):
+                    worker.join()
+                    part = _lost(share, worker.exitcode)
+                outcome.downloaded.extend(part.downloaded)
+                outcome.failures.extend(part.failures)
+                finished = len(share)
+                if finished > reported[i]:
+                    on_progress(finished - reported[i])
+                    reported[i] = finished
+    finally:
+        for worker, receive, _, _ in workers:
+            if worker.is_alive():
+                worker.terminate()
+            worker.join()
+            receive.close()
+    return outcome
+
+
+def _worker(store: FrameStore, share: list[int], threads: int, done: Any, send: Any) -> None:
+    """A worker process: fetch its share with its own threads, count progress, send the outcome back."""
+    lock = threading.Lock()
+
+    def progress(count: int) -> None:
+        with lock:
+            done.value += count
+
+    try:
+        outcome = _fetch_here(store, share, threads, progress)
+    except BaseException as exc:  # pragma: no cover - anything else still reaches the parent as failures
+        error = PlaymentError(f"prefetch worker failed: {type(exc).__name__}: {exc}")
+        outcome = FetchOutcome(failures=[(position, error) for position in share])
+    for i, (position, error) in enumerate(outcome.failures):
+        outcome.failures[i] = (position, _sendable(error))
+    send.send(outcome)
+    send.close()
+
+
+def _sendable(error: PlaymentError) -> PlaymentError:
+    """The error itself if it survives pickling, else a plain :class:`PlaymentError` with its message."""
+    error.__cause__ = error.__context__ = None
+    with contextlib.suppress(Exception):
+        pickle.loads(pickle.dumps(error))
+        return error
+    return PlaymentError(str(error))
+
+
+def _lost(share: list[int], exitcode: int | None) -> FetchOutcome:
+    """A worker that died without reporting (killed, out of memory): its frames failed, saying so."""
+    error = PlaymentError(f"the prefetch worker process died (exit code {exitcode}) before reporting")
+    return FetchOutcome(failures=[(position, error) for position in share])
