@@ -688,6 +688,11 @@ class PlaymentClient:
         parts: list[bytes] = []
         whole = bytearray(expected) if in_place and decoder is None and expected is not None else None
         received = size = 0
+        if whole is not None:
+            direct = getattr(response.raw, "_fp", None)
+            if isinstance(direct, http.client.HTTPResponse):
+                # A bytearray where bytes are promised (see the return below).
+                return self._read_into(direct, whole, url, started, from_api=from_api)  # type: ignore[return-value]
         try:
             while True:
                 chunk = response.raw.read1(_READ_CHUNK, decode_content=False)
@@ -722,6 +727,41 @@ class PlaymentClient:
         # (A bytearray where bytes are promised: it is bytes-like for every reader, and copying it would undo the
         # point of filling it in place.)
         return whole if whole is not None else b"".join(parts)  # type: ignore[return-value]
+
+    def _read_into(
+        self, source: http.client.HTTPResponse, whole: bytearray, url: str, started: float, *, from_api: bool
+    ) -> bytearray:
+        """Read a plain body of known length straight from the socket into ``whole``.
+
+        Below urllib3, through the standard library's response it wraps: each read lands in place, where
+        urllib3's own reads return a new ``bytes`` per chunk to copy again (~40% of the CPU of a 2 MB body
+        here). Only for bodies without content coding or chunking, whose length :meth:`_read_body` checked.
+        """
+        view = memoryview(whole)
+        expected, received = len(whole), 0
+        try:
+            while received < expected:
+                count = source.readinto(view[received : received + _READ_CHUNK])
+                if not count:
+                    break
+                received += count
+                self._check_deadline(started, expected, received)
+        except _Transient as failure:
+            failure.from_api = from_api
+            raise
+        except http.client.IncompleteRead as exc:
+            received += len(exc.partial)
+            raise _Transient(f"truncated body: {received} of {expected} bytes", from_api=from_api) from None
+        except _READ_ERRORS as exc:
+            _redact_exception(exc)
+            raise _Transient(
+                f"body interrupted after {received} bytes ({type(exc).__name__})", cause=exc, from_api=from_api
+            ) from None
+        finally:
+            view.release()
+        if received != expected:
+            raise _Transient(f"truncated body: {received} of {expected} bytes", from_api=from_api)
+        return whole
 
     def _check_deadline(self, started: float, volume: int, received: int) -> None:
         if self.download_deadline is None:

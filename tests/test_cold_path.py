@@ -53,7 +53,7 @@ def test_in_place_download_is_the_same_bytes_at_about_one_copy_of_peak_memory(se
 
 def test_in_place_download_still_refuses_a_truncated_body(server, hosted) -> None:
     server.add_fault("storage", truncate=True, times=None)
-    with pytest.raises(DownloadError, match="body interrupted after 3000000 bytes"):
+    with pytest.raises(DownloadError, match="truncated body: 3000000 of 6000000 bytes"):
         fast_client(server).download(hosted, in_place=True)
 
 
@@ -184,3 +184,13 @@ def test_a_worker_process_that_dies_fails_its_frames_and_nothing_hangs(server, t
     assert all("died (exit code 3)" in reason for _, _, reason in report.failures)
     monkeypatch.setattr(FrameStore, "ensure", real)
     assert ds.prefetch(num_threads=2, processes=1).failures == []
+
+
+def test_in_place_downloads_keep_reusing_one_connection(server, hosted) -> None:
+    client = fast_client(server)
+    for _ in range(5):
+        assert client.download(hosted, in_place=True) == BODY
+    pools = list(client._http().get_adapter(server.url).poolmanager.pools._container.values())
+    assert len(pools) == 2, "the API host and the storage host"
+    # Each body was read to its end below urllib3, and its connection still went back to the pool.
+    assert [(pool.num_connections, pool.num_requests) for pool in pools] == [(1, 5), (1, 5)]
