@@ -267,28 +267,36 @@ def stage_breakdown(server: Server, work: Path) -> dict[str, float]:
     return {name: 1e3 * statistics.median(values) for name, values in stages.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--frames", type=int, default=48)
-    parser.add_argument("--points", type=int, default=120_000)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+Row = tuple[str, str, float, str]
+
+
+def measure(frames: int, points: int, repeat: int) -> tuple[list[Row], dict[str, float]]:
+    """Every row of this benchmark, and the stage breakdown (``bench_dataset.py`` prints them too).
+
+    Args:
+        frames: Frames of the synthetic project.
+        points: Points per frame.
+        repeat: Rounds per row.
+
+    Returns:
+        ``(rows, stages)``: ``(name, measured, ratio, target)`` per row; milliseconds per stage.
+    """
     work = Path(tempfile.mkdtemp(prefix="bench-cold-"))
-    fast = Server(args.frames, args.points, 0.0)
-    slow = Server(args.frames, args.points, 0.05)
+    fast = Server(frames, points, 0.0)
+    slow = Server(frames, points, 0.05)
     try:
         cold: list[dict[str, float]] = []
         naive: list[dict[str, float]] = []
-        for _ in range(args.repeat):
+        for _ in range(repeat):
             runs = [lambda: cold.append(cold_prefetch(fast, work, 16)), lambda: naive.append(naive_loop(fast, work))]
             random.shuffle(runs)
             for run in runs:
                 run()
         slow_ours, slow_naive = [], []
-        for _ in range(max(1, args.repeat // 2)):
+        for _ in range(max(1, repeat // 2)):
             slow_ours.append(cold_prefetch(slow, work, 32)["wall"])
             slow_naive.append(naive_loop(slow, work, limit=8)["wall_per_frame"])
-        warm = warm_rows(fast, work, args.repeat)
+        warm = warm_rows(fast, work, repeat)
         stages = stage_breakdown(fast, work)
     finally:
         fast.close()
@@ -296,11 +304,11 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     median = statistics.median
-    frames = cold[0]["frames"]
+    count = cold[0]["frames"]
     written = median(r["written_per_frame"] for r in cold)
     downloaded = median(r["downloaded_per_frame"] for r in cold)
     ours_cpu, naive_cpu = median(r["cpu_per_frame"] for r in cold), median(r["cpu_per_frame"] for r in naive)
-    slow_wall, naive_wall = median(slow_ours), median(slow_naive) * frames
+    slow_wall, naive_wall = median(slow_ours), median(slow_naive) * count
     rows = [
         ("1 bytes written / downloaded per frame", f"{written / 1e6:.2f} MB / {downloaded / 1e6:.2f} MB",
          written / downloaded, "<= 1.0"),
@@ -319,7 +327,11 @@ def main() -> None:
          f"{1e3 * warm['fork_npy_first']:.3f} ms / {1e3 * warm['fork_npy_steady']:.3f} ms",
          warm["fork_npy_first"] / warm["fork_npy_steady"], ""),
     ]  # fmt: skip
-    print(f"{frames} frames of {args.points} points, server in another process, medians of {args.repeat} rounds")
+    return rows, stages
+
+
+def print_rows(rows: list[Row], stages: dict[str, float]) -> None:
+    """The rows as a markdown table, then the stage breakdown."""
     print(f"| {'row':<46} | {'measured':<28} | ratio | target |")
     print(f"|{'-' * 48}|{'-' * 30}|-------|--------|")
     for name, measured, ratio, target in rows:
@@ -331,6 +343,17 @@ def main() -> None:
     for name, ms in stages.items():
         print(f"| {name} | {ms:.2f} |")
     print(f"| total | {sum(stages.values()):.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--points", type=int, default=120_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    rows, stages = measure(args.frames, args.points, args.repeat)
+    print(f"{args.frames} frames of {args.points} points, server in another process, medians of {args.repeat} rounds")
+    print_rows(rows, stages)
 
 
 if __name__ == "__main__":

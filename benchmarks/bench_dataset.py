@@ -12,11 +12,11 @@ data live in this parent process and are not counted):
 
 (a) warm ``ds[i]`` on 120k-point frames (``x y z intensity``; the PCD also has ``ring``) against ``.npy``
     files of the same arrays read with ``np.load`` + ``torch.from_numpy`` (``_baseline.NpyFrames``);
-    median per-item time over all passes, the better of two alternating runs per side. Target: within 1.5x
+    median per-item time over all passes, the median of alternating runs per side. Target: within 1.5x
     of the baseline. Row (a') repeats our side with glibc's trim and mmap thresholds raised, to show how much
     of the time is page faults on memory freed after every item (a diagnosis, not a competitor).
 (b) warm ``DataLoader(batch_size=4, collate_fn=collate_points)`` frames/s with 0 and 2 (forked, persistent)
-    workers, same baseline; best of 3N epochs after a warm-up epoch, better of two alternating runs. No target
+    workers, same baseline; median of 3N epochs after a warm-up epoch, median of alternating runs. No target
     was set; shown for comparison.
 (c) cold ``ds.prefetch(num_threads=32)`` of 200 10k-point frames with 50 ms added to every request
     (``server.latency = 0.05``), against a naive sequential ``requests`` loop (one keep-alive session:
@@ -31,6 +31,10 @@ data live in this parent process and are not counted):
     10,000-frame index built from synthetic ``FrameRef``s (200 jobs x 50 frames, 30 label keys per frame),
     *tiled* 100 times; this measures bytes only, not building or loading 1M frames (bench_scale.py does).
 
+(e) the rows of ``bench_cold.py`` (bytes written ÷ downloaded, client CPU ÷ a naive loop, cold at 50 ms with
+    120k-point frames, warm ``ds[i]`` ÷ ``np.load`` and ÷ ``readinto``, a fresh worker's first pass ÷ steady),
+    measured by it with its server in another process, printed after the table.
+
 Peak RSS is ``VmHWM`` of the measuring process (for DataLoader workers: the largest worker's peak, from
 ``RUSAGE_CHILDREN``; forked workers share the parent's pages, which RSS counts in each).
 """
@@ -44,6 +48,7 @@ import io
 import json
 import os
 import pstats
+import random
 import resource
 import shutil
 import statistics
@@ -147,7 +152,7 @@ def case_getitem(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def case_loader(spec: dict[str, Any]) -> dict[str, Any]:
-    """(b) Frames/s of a warm DataLoader: best epoch of ``repeat`` after a warm-up epoch."""
+    """(b) Frames/s of a warm DataLoader: median epoch of ``3 * repeat`` after a warm-up epoch."""
     from _baseline import NpyFrames
     from torch.utils.data import DataLoader
 
@@ -172,11 +177,11 @@ def case_loader(spec: dict[str, Any]) -> dict[str, Any]:
     del loader
     gc.collect()  # persistent workers are joined when the loader's iterator goes away
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"fps": len(ds) / min(epochs), "points_per_epoch": points, "worker_rss_mib": children}
+    return {"fps": len(ds) / statistics.median(epochs), "points_per_epoch": points, "worker_rss_mib": children}
 
 
 def case_prefetch(spec: dict[str, Any]) -> dict[str, Any]:
-    """(c) Cold prefetch time, best of ``repeat``; each run starts from a copy of the JSON-only cache."""
+    """(c) Cold prefetch time, median of ``repeat``; each run starts from a copy of the JSON-only cache."""
     seconds = []
     downloaded = []
     for run in range(spec["repeat"]):
@@ -190,7 +195,12 @@ def case_prefetch(spec: dict[str, Any]) -> dict[str, Any]:
         assert not report.failures, report.failures[:3]
         downloaded.append(report.bytes_downloaded)
         ds.cache.close()
-    return {"seconds": min(seconds), "all_seconds": seconds, "frames": len(ds), "mib": downloaded[0] / 2**20}
+    return {
+        "seconds": statistics.median(seconds),
+        "all_seconds": seconds,
+        "frames": len(ds),
+        "mib": downloaded[0] / 2**20,
+    }
 
 
 def case_naive(spec: dict[str, Any]) -> dict[str, Any]:
@@ -331,6 +341,12 @@ def run_child(spec: dict[str, Any], profile: set[str], env: dict[str, str] | Non
 Rows = list[list[str]]
 
 
+def _median_run(runs: list[dict[str, Any]], measure: str) -> dict[str, Any]:
+    """The run whose ``measure`` is the median (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r[measure])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def section_ab(work: Path, repeat: int, profile: set[str], sections: set[str], rows: Rows, notes: list[str]) -> None:
     """(a) warm ``ds[i]`` and (b) warm DataLoader throughput, on 24 120k-point frames."""
     from _baseline import export_npy
@@ -358,11 +374,11 @@ def section_ab(work: Path, repeat: int, profile: set[str], sections: set[str], r
         if "a" in sections:
             # Alternate the two sides so a burst of load on this shared machine hits both alike.
             runs: dict[str, list[dict[str, Any]]] = {"playment": [], "npy": []}
-            for _ in range(2):
-                for kind, found in runs.items():
-                    found.append(run_child({**shared, "case": "getitem", "kind": kind}, profile))
-            ours = min(runs["playment"], key=lambda r: r["median_ms"])
-            theirs = min(runs["npy"], key=lambda r: r["median_ms"])
+            for _ in range(3):
+                for kind in random.sample(list(runs), len(runs)):
+                    runs[kind].append(run_child({**shared, "case": "getitem", "kind": kind}, profile))
+            ours = _median_run(runs["playment"], "median_ms")
+            theirs = _median_run(runs["npy"], "median_ms")
             ratio = ours["median_ms"] / theirs["median_ms"]
             rows.append(
                 [
@@ -390,7 +406,7 @@ def section_ab(work: Path, repeat: int, profile: set[str], sections: set[str], r
                 ]
             )
             notes.append(
-                "(a) medians of the two alternating runs: playment_torch "
+                "(a) medians of the three alternating runs: playment_torch "
                 + ", ".join(f"{r['median_ms']:.2f}" for r in runs["playment"])
                 + " ms; npy "
                 + ", ".join(f"{r['median_ms']:.2f}" for r in runs["npy"])
@@ -401,11 +417,12 @@ def section_ab(work: Path, repeat: int, profile: set[str], sections: set[str], r
         if "b" in sections:
             for workers in (0, 2):
                 measured: dict[str, list[dict[str, Any]]] = {"playment": [], "npy": []}
-                for _ in range(2):  # alternate, as in (a); allocation luck makes single runs bimodal here
-                    for kind, found in measured.items():
-                        found.append(run_child({**shared, "case": "loader", "kind": kind, "workers": workers}, profile))
-                ours = max(measured["playment"], key=lambda r: r["fps"])
-                theirs = max(measured["npy"], key=lambda r: r["fps"])
+                for _ in range(3):  # alternate, as in (a); allocation luck makes single runs bimodal here
+                    for kind in random.sample(list(measured), len(measured)):
+                        spec = {**shared, "case": "loader", "kind": kind, "workers": workers}
+                        measured[kind].append(run_child(spec, profile))
+                ours = _median_run(measured["playment"], "fps")
+                theirs = _median_run(measured["npy"], "fps")
                 ratio = theirs["fps"] / ours["fps"]
                 rss = f"{ours['peak_rss_mib']:.0f} / {theirs['peak_rss_mib']:.0f}"
                 if workers:
@@ -422,7 +439,7 @@ def section_ab(work: Path, repeat: int, profile: set[str], sections: set[str], r
                     ]
                 )
                 notes.append(
-                    f"(b) {workers} workers, frames/s of both runs: playment_torch "
+                    f"(b) {workers} workers, frames/s of the three runs: playment_torch "
                     + ", ".join(f"{r['fps']:.0f}" for r in measured["playment"])
                     + "; npy "
                     + ", ".join(f"{r['fps']:.0f}" for r in measured["npy"])
@@ -530,7 +547,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="passes / epochs / runs per measurement")
     parser.add_argument("--profile", nargs="*", default=[], choices=sorted(CASES), help="cProfile these cases")
     parser.add_argument(
-        "--sections", nargs="*", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"], help="what to run"
+        "--sections",
+        nargs="*",
+        default=["a", "b", "c", "d", "e"],
+        choices=["a", "b", "c", "d", "e"],
+        help="what to run",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -552,6 +573,12 @@ def main() -> None:
             section_c(work, repeat, profile, rows, notes)
         if "d" in sections:
             section_d(work, repeat, profile, rows, notes)
+        if "e" in sections:
+            # (e) the cold path and the warm floor on 120k-point frames, server in another process: the rows of
+            # bench_cold.py, measured by it, printed below the table.
+            import bench_cold
+
+            cold = bench_cold.measure(48, 120_000, max(3, repeat))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -564,6 +591,12 @@ def main() -> None:
     for note in notes:
         print(f"- {note}")
     print(f"- total wall time {time.perf_counter() - wall:.0f} s; {repeat} passes/epochs per measurement")
+    if "e" in sections:
+        print()
+        print(
+            "(e) the cold path and the warm floor (bench_cold.py: 48 frames of 120k points, server in another process)"
+        )
+        bench_cold.print_rows(*cold)
 
 
 def _client(server: Any) -> Any:
