@@ -200,7 +200,7 @@ class FrameStore:
         legacy = bool(index.legacy[position])
 
         def decode(body: bytes) -> np.ndarray:
-            data = read_pcd(body).data
+            data = read_pcd(body, copy=False).data
             points = select_fields(data, self.point_fields, self.where(position))
             if legacy:
                 # The same file carries the label keys: store them now rather than download it twice.
@@ -229,7 +229,7 @@ class FrameStore:
         url = self.index.pointcloud_urls[position] if legacy else self.index.mask_urls[position]
 
         def decode(body: bytes) -> np.ndarray:
-            keys = label_keys(read_pcd(body).data) if legacy else read_mask(body)
+            keys = label_keys(read_pcd(body, copy=False).data) if legacy else read_mask(body)
             return compact_keys(keys)
 
         mask = self._get_or_download(position, _MASK, url, decode, private=True)

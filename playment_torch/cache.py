@@ -1571,9 +1571,7 @@ class ArrayCache:
             # As a file object diskcache copies the value in 4 MiB writes; given `bytes` it would iterate them
             # like text, line by line, and the many small writes leave a file that reads back ~1.6x slower.
             # (A fresh reader per attempt: a rebuilt database retries the write.)
-            store.call(
-                "put", lambda cache: cache.set(key, _EntryReader(framed), read=True, retry=True), write=True
-            )
+            store.call("put", lambda cache: cache.set(key, _EntryReader(framed), read=True, retry=True), write=True)
         if store is self._arrays:
             # A reader must not be led to the value file this write replaced (it is deleted, but not atomically).
             self._files.forget(int.from_bytes(_key_digest(key), "little"))

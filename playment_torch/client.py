@@ -987,9 +987,7 @@ class PlaymentClient:
                 url=url,
             )
         if scheme in ("http", "https") and not private and not self.is_playment_hosted(url):
-            return self._with_retries(
-                f"download {redact_url(url)}", url, lambda: self._fetch(url, in_place=in_place)
-            )
+            return self._with_retries(f"download {redact_url(url)}", url, lambda: self._fetch(url, in_place=in_place))
         return self._download_attachment(url, in_place=in_place)
 
     def _download_attachment(self, url: str, *, in_place: bool = False) -> bytes:

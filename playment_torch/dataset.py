@@ -613,8 +613,7 @@ class PlaymentSegmentationDataset(torch.utils.data.Dataset[Sample]):
             warnings.warn(f"the API host is unreachable and {report.summary()}", RuntimeWarning, stacklevel=3)
         elif self.offline_subset:
             warnings.warn(
-                f"offline_subset=True: keeping the {report.frames - report.missing} cached frames; "
-                f"{report.summary()}",
+                f"offline_subset=True: keeping the {report.frames - report.missing} cached frames; {report.summary()}",
                 RuntimeWarning,
                 stacklevel=3,
             )

@@ -154,15 +154,34 @@ def _rotation_basis() -> tuple[np.ndarray, np.ndarray]:
 
 
 _BASIS, _IDENTITY = _rotation_basis()
+# Up to this many poses, pose_matrices is plain arithmetic (faster than numpy's per-call overhead).
+_FEW_POSES = 16
+_NAN_MATRIX = (float("nan"),) * 16
 
 
 def pose_matrices(vectors: np.ndarray) -> np.ndarray:
     """``(M, 7)`` pose vectors ``(w, x, y, z, tx, ty, tz)`` -> ``(M, 4, 4)`` matrices (NaN rows stay NaN).
 
-    Quaternions were normalised when parsed. This runs on every ``ds[i]``, so it is two numpy operations
-    rather than one per matrix entry.
+    Quaternions were normalised when parsed. This runs on every ``ds[i]``: a frame has a handful of poses (the
+    ego pose and one per camera), for which plain float arithmetic and one array costs a few microseconds,
+    where numpy's per-call overhead cost ~40; many poses take two numpy operations instead.
     """
     count = len(vectors)
+    if count <= _FEW_POSES:
+        rows = []
+        for w, x, y, z, tx, ty, tz in vectors.tolist():
+            if w != w or x != x or y != y or z != z or tx != tx or ty != ty or tz != tz:  # NaN: not given
+                rows.append(_NAN_MATRIX)
+                continue
+            rows.append(
+                (
+                    1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y - w * z), 2.0 * (x * z + w * y), tx,
+                    2.0 * (x * y + w * z), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z - w * x), ty,
+                    2.0 * (x * z - w * y), 2.0 * (y * z + w * x), 1.0 - 2.0 * (x * x + y * y), tz,
+                    0.0, 0.0, 0.0, 1.0,
+                )
+            )  # fmt: skip
+        return np.array(rows, dtype=np.float64).reshape(count, 4, 4)
     quaternions = vectors[:, :4]
     outer = (quaternions[:, :, None] * quaternions[:, None, :]).reshape(count, 16)
     out = np.zeros((count, 4, 4))

@@ -194,3 +194,16 @@ def test_in_place_downloads_keep_reusing_one_connection(server, hosted) -> None:
     assert len(pools) == 2, "the API host and the storage host"
     # Each body was read to its end below urllib3, and its connection still went back to the pool.
     assert [(pool.num_connections, pool.num_requests) for pool in pools] == [(1, 5), (1, 5)]
+
+
+def test_read_pcd_without_a_copy_views_the_callers_bytes() -> None:
+    from playment_torch.formats.pcd import encode_pcd, read_pcd
+
+    cloud = np.zeros(4, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
+    cloud["z"] = np.arange(8, 12)
+    body = bytearray(encode_pcd(cloud))
+    copied, viewed = read_pcd(body).data, read_pcd(body, copy=False).data
+    np.testing.assert_array_equal(copied, viewed)
+    body[-4:] = np.float32(99.0).tobytes()  # the last point's z, in place
+    assert viewed["z"][-1] == 99.0 and copied["z"][-1] == 11.0
+    assert not read_pcd(bytes(body), copy=False).data.flags.writeable  # a view of immutable bytes

@@ -577,7 +577,10 @@ def _dimensions(entries: dict[str, tuple[list[str], int]]) -> tuple[int, int, in
 
 
 def read_pcd(
-    source: bytes | bytearray | memoryview | str | os.PathLike[str], *, require_final_newline: bool | None = None
+    source: bytes | bytearray | memoryview | str | os.PathLike[str],
+    *,
+    require_final_newline: bool | None = None,
+    copy: bool = True,
 ) -> PointCloud:
     """Decode a PCD file (``ascii``, ``binary`` or ``binary_compressed``; VERSION .5 to .7).
 
@@ -592,6 +595,9 @@ def read_pcd(
         source: The file's bytes, or a path to it.
         require_final_newline: Whether an ASCII file's last point must be followed by whitespace or more
             rows. ``None`` (default): required for bytes, not for paths.
+        copy: ``False`` lets binary data be a view of ``source``'s bytes (read-only for ``bytes``) instead of
+            a copy: for a caller that only reads the points and drops ``source`` after, such as the frame store
+            selecting its fields (one 2 MB copy fewer per frame).
 
     Returns:
         The cloud: :attr:`PointCloud.data` is a writable structured array with a packed little-endian dtype
@@ -608,6 +614,8 @@ def read_pcd(
     if require_final_newline is None:
         require_final_newline = not isinstance(source, str | os.PathLike)
     buf, owned = _load_source(source)
+    if not copy and isinstance(buf, bytes | bytearray):
+        owned = True  # the caller gave up the bytes: no copy to protect them
     header, padding = _parse_header(buf)
     if header.encoding == "binary":
         data = _decode_binary(buf, header, owned)
