@@ -40,15 +40,21 @@ has a real CRC. Changes built to cancel in both sums are not caught: this protec
 tampering.
 
 What each read checks, exactly: the header (magic, version, lengths, CRC, key digest, dtype and shape) always.
-The payload sums on the first read of a value file in a process, and again whenever the file's identity
-changed: device, inode, size, modification time and status-change time (``st_ctime_ns``, which ``os.utime``
-cannot set back), from the ``fstat`` of the open file. A file version is trusted without its payload check
-only if it was written at least two seconds before it was checked (file times tick coarsely), and only while
-this process remembers the check: a table of ``checked_table_bytes`` (default 4 MiB, 16 bytes per entry,
-262,144 entries; a newer entry that lands on the same slot replaces an older one, which is then simply checked
-again). Small values kept inside SQLite (under 32 KiB) are always checked in full. A change that keeps all
-five stat fields (possible only for whoever can set the system clock or write the block device) goes
-unnoticed until the next process, which checks again. :meth:`ArrayCache.verify` always checks everything.
+The payload sums on the first read of a value file version since the machine booted, by any process using the
+cache, and again whenever the file's identity changed: device, inode, size, modification time and status-change
+time (``st_ctime_ns``, which ``os.utime`` cannot set back), from the ``fstat`` of the open file. The record of
+checked versions is the file table (``files.table``, see :class:`_FileTable`): ``checked_table_bytes`` (default
+32 MiB, 32 bytes per entry, 1,048,576 entries; a newer entry that lands on the same slot replaces an older one,
+which is then simply checked again), memory-mapped and shared by every process, and keyed with the boot id, so
+a reboot (which may lose unflushed pages) checks everything again. A file version is trusted without its payload
+check only if it was written at least two seconds before it was checked (file times tick coarsely). Small
+values kept inside SQLite (under 32 KiB) are always checked in full. A change that keeps all five stat fields
+(possible only for whoever can set the system clock or write the block device) goes unnoticed until the next
+boot. :meth:`ArrayCache.verify` always checks everything.
+
+The same table makes warm reads cheap: it also records which value file holds each array, so a read opens that
+file directly, without a SQLite query, and falls back to the database whenever the file is gone or its header
+names another key.
 
 A full disk or a read-only directory: opening diskcache writes its settings, which fails there. The cache then
 reads through a read-only SQLite connection (``mode=ro``, or ``immutable=1`` when even SQLite's shared-memory
@@ -375,9 +381,10 @@ class _FileTable:
         except OSError:
             return None
         try:
-            if os.fstat(descriptor).st_size != size:
-                # Sparse: pages take disk space only when a slot in them is written. A table of another size
-                # (another budget) is simply started again; its slots would land elsewhere anyway.
+            if os.fstat(descriptor).st_size < size:
+                # Sparse: pages take disk space only when a slot in them is written. Never shrunk: another
+                # process may have mapped more of it (touching a page past the end would kill it with SIGBUS).
+                # Processes with other budgets put keys in other slots, which only costs them lookups.
                 os.ftruncate(descriptor, size)
             return mmap.mmap(descriptor, size)
         except (OSError, ValueError):
@@ -1225,8 +1232,9 @@ class ArrayCache:
         lock_timeout: Seconds :meth:`get_or_create` waits for another thread or process creating the same
             key; ``None`` waits for ever. On timeout it warns and creates the value itself (the lock only
             saves duplicate work: writes are atomic, so the cache stays correct).
-        checked_table_bytes: Memory for remembering which value files this process checked in full
-            (16 bytes per file; 0 checks every read in full).
+        checked_table_bytes: Size of the file table shared by the processes using the cache, which remembers
+            where each array's value file is and which file versions were checked in full (32 bytes per file,
+            a sparse file; 0: no table, every read asks SQLite and checks in full).
 
     Attributes:
         directory: The cache directory (created on first use).

@@ -207,3 +207,17 @@ def test_read_pcd_without_a_copy_views_the_callers_bytes() -> None:
     body[-4:] = np.float32(99.0).tobytes()  # the last point's z, in place
     assert viewed["z"][-1] == 99.0 and copied["z"][-1] == 11.0
     assert not read_pcd(bytes(body), copy=False).data.flags.writeable  # a view of immutable bytes
+
+
+def test_a_smaller_file_table_never_shrinks_the_shared_file(tmp_path) -> None:
+    """Another process's mapping must stay valid: shrinking the file under it would kill it with SIGBUS."""
+    big = ArrayCache(tmp_path / "c")
+    big.put_array("k", np.arange(10_000))
+    assert big.get_array("k") is not None
+    table = tmp_path / "c" / "files.table"
+    size = table.stat().st_size
+    small = ArrayCache(tmp_path / "c", checked_table_bytes=1 << 16)
+    np.testing.assert_array_equal(small.get_array("k"), np.arange(10_000))
+    assert table.stat().st_size == size == 32 << 20
+    for i in range(0, 1 << 20, 4096):  # touch every page of the big mapping: still there
+        big._files.find(i)
