@@ -12,7 +12,6 @@ counters (bytes, hits) go to the dataset's shared counters, which sum over proce
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -103,9 +102,8 @@ def _fetch_here(
             with lock:
                 if outcome.failures:
                     # A traceback holds its frames' locals, download bodies included: only the first failure
-                    # keeps its traceback and causes; a project failing systematically keeps messages.
-                    exc.__traceback__ = None
-                    exc.__cause__ = exc.__context__ = None
+                    # keeps its tracebacks; a project failing systematically keeps its errors' messages.
+                    _lighten(exc)
                 outcome.failures.append((position, exc))
             return
         if downloaded:
@@ -153,7 +151,8 @@ def _fetch_forked(
                 i = pending.pop(connection)
                 worker, receive, _, share = workers[i]
                 try:
-                    part: FetchOutcome = receive.recv()
+                    downloaded, carried = receive.recv()
+                    part = FetchOutcome(downloaded, [(position, error.restore()) for position, error in carried])
                 except (EOFError, OSError):
                     worker.join()
                     part = _lost(share, worker.exitcode)
@@ -185,19 +184,53 @@ def _worker(store: FrameStore, share: list[int], threads: int, done: Any, send: 
     except BaseException as exc:  # pragma: no cover - anything else still reaches the parent as failures
         error = PlaymentError(f"prefetch worker failed: {type(exc).__name__}: {exc}")
         outcome = FetchOutcome(failures=[(position, error) for position in share])
-    for i, (position, error) in enumerate(outcome.failures):
-        outcome.failures[i] = (position, _sendable(error))
-    send.send(outcome)
+    send.send((outcome.downloaded, [(position, _Carried(_chain(error))) for position, error in outcome.failures]))
     send.close()
 
 
-def _sendable(error: PlaymentError) -> PlaymentError:
-    """The error itself if it survives pickling, else a plain :class:`PlaymentError` with its message."""
-    error.__cause__ = error.__context__ = None
-    with contextlib.suppress(Exception):
-        pickle.loads(pickle.dumps(error))
-        return error
-    return PlaymentError(str(error))
+def _lighten(error: PlaymentError) -> None:
+    """Drop what an error holds beyond its messages: tracebacks, implicit contexts, and causes that are not
+    library errors (only those are looked at, e.g. for an unreachable host)."""
+    link: PlaymentError = error
+    for _ in range(8):
+        link.__traceback__ = None
+        link.__context__ = None
+        cause = link.__cause__
+        if not isinstance(cause, PlaymentError):
+            link.__cause__ = None
+            return
+        link = cause
+
+
+@dataclass(frozen=True)
+class _Carried:
+    """An error on its way from a worker process: pickling keeps neither ``__cause__`` nor a traceback, so the
+    chain of library errors travels as a list and is linked again on arrival (callers look in the chain, e.g.
+    for the :class:`~playment_torch.errors.HostUnreachableError` behind a frame's failure)."""
+
+    chain: list[PlaymentError]
+
+    def restore(self) -> PlaymentError:
+        for error, cause in zip(self.chain, self.chain[1:], strict=False):
+            error.__cause__ = cause
+        return self.chain[0]
+
+
+def _chain(error: PlaymentError) -> list[PlaymentError]:
+    """The error and the library errors it was raised from, each picklable (else a plain copy of its message)."""
+    chain: list[PlaymentError] = []
+    link: BaseException | None = error
+    while isinstance(link, PlaymentError) and len(chain) < 8:
+        cause = link.__cause__
+        link.__cause__ = link.__context__ = None
+        link.__traceback__ = None
+        try:
+            pickle.loads(pickle.dumps(link))
+            chain.append(link)
+        except Exception:  # a subclass that does not survive pickling: keep its type's message at least
+            chain.append(PlaymentError(str(link)))
+        link = cause
+    return chain
 
 
 def _lost(share: list[int], exitcode: int | None) -> FetchOutcome:

@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     prefetch.add_argument(
         "--snapshot", metavar="FILE", help="then pin what was prefetched: write a snapshot (lock file) to FILE"
     )
+    prefetch.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="worker processes sharing the threads (default: one per core, at most 8; Linux only)",
+    )
     inspect = commands.add_parser("inspect", parents=[common], help="classes, frames and points of a project")
     selection(inspect)
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
@@ -263,7 +269,7 @@ def _prefetch(args: argparse.Namespace) -> None:
         # Jobs left out and frames that fail are summarised below, one line per job: no warning per item.
         warnings.simplefilter("ignore", RuntimeWarning)
         dataset = _dataset(args, on_error="skip")
-        report = dataset.prefetch(num_threads=args.threads, progress=not args.quiet)
+        report = dataset.prefetch(num_threads=args.threads, progress=not args.quiet, processes=args.processes)
     print(f"project {args.project}: {len(dataset.index.jobs)} jobs, {report}")
     problems = _job_problems(args, dataset, report)
     for line in problems:
