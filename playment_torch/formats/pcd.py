@@ -702,11 +702,148 @@ _FLOAT_TOKEN = re.compile(
 
 
 def _decode_ascii(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
+    if header.points == 0:
+        return np.zeros(0, dtype=header.dtype())  # whatever follows the header is trailing bytes, ignored like PCL
+    data = _decode_ascii_fast(buf, header)
+    return data if data is not None else _decode_ascii_exact(buf, header)
+
+
+# The fast ASCII route turns the data section into a JSON array of numbers, one byte for one byte: the two
+# separators PCL writes (a space between values, a line break after a point) become commas, and every byte
+# that is neither a separator nor part of a JSON number becomes "x", which no JSON parser accepts.
+_TO_JSON = np.full(256, ord("x"), dtype=np.uint8)
+for _byte in b"0123456789+-.eE":  # JSON refuses a leading "+" by itself
+    _TO_JSON[_byte] = _byte
+_TO_JSON[ord(" ")] = _TO_JSON[ord("\n")] = ord(",")
+del _byte
+_FLOAT64_EXACT_INTS = 2.0**53  # integers below this are exact in float64, above it may have been rounded
+
+
+def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray | None:
+    """Decode the data section as PCL writes it, with simdjson as the number tokenizer; ``None`` otherwise.
+
+    The route applies to a data section of exactly POINTS lines, each of its values as JSON numbers separated
+    by single spaces, every line ending in ``\\n``: what PCL, this module and most writers produce. Anything
+    else (``nan``, tabs, runs of spaces, CRLF, blank lines, rows after the POINTS rows, ``+1``, ``.5``, ``007``,
+    out-of-range values, a missing final line break, errors of any kind) returns ``None`` and takes the exact
+    route, which decides what the file means and words its errors. So this route must never accept a file
+    the exact route refuses, nor give other values; ``tests/test_pcd_ascii_fast.py`` compares the two.
+
+    simdjson parses every number to float64, correctly rounded (as numpy's parser does), so float64 fields are
+    exact; float32 fields go through :func:`_to_float32` like the exact route's; integer fields are checked to
+    be integer tokens in range, and the rare 8-byte values beyond 2**53 are re-read from their text.
+    """
+    from playment_torch.formats._simdjson import number_buffer
+
+    n = header.points
+    ncols = sum(header.counts)
+    start = header.data_offset
+    if start < 1 or len(buf) - start < 2 * n * ncols or buf[-1] != 0x0A:
+        return None  # no line break before the data (cannot happen with data), too short, or no final "\n"
+    # The header's last "\n" becomes "[" and the data's last one "]": one translated copy is the document.
+    text = _TO_JSON[np.frombuffer(buf, dtype=np.uint8, offset=start - 1)]
+    text[0] = ord("[")
+    text[-1] = ord("]")
+    values = number_buffer(text, "d")
+    if values is None or values.size != n * ncols:
+        return None
+    # JSON refused empty values, so separators are single; each line must hold exactly ncols values: the
+    # separators that were line breaks are every ncols-th one.
+    separators = np.flatnonzero(text == ord(","))  # text[j] is buf[start - 1 + j]
+    original = np.frombuffer(buf, dtype=np.uint8, offset=start - 1)
+    breaks = np.flatnonzero(original[separators] == ord("\n"))
+    if breaks.size != n - 1 or not np.array_equal(breaks, np.arange(ncols - 1, n * ncols - 1, ncols)):
+        return None
+    # Value v of the file spans text[first[v] : last[v]].
+    first = np.empty(n * ncols, dtype=np.intp)
+    first[0] = 1
+    first[1:] = separators + 1
+    last = np.empty(n * ncols, dtype=np.intp)
+    last[:-1] = separators
+    last[-1] = text.size - 1
+    table = values.reshape(n, ncols)
+    data = np.empty(n, dtype=header.dtype())
+    column = 0
+    for name, type_, size, count in zip(header.fields, header.types, header.sizes, header.counts, strict=True):
+        block = table[:, column : column + count]
+        where = (np.arange(n)[:, None] * ncols + np.arange(column, column + count)).ravel()  # value indices
+        if type_ == "F":
+            block = _signed_zeros(block, text, first[where].reshape(n, count))
+            if size == 4:
+                block = _to_float32(block, functools.partial(_json_token, text, first, last, ncols, column))
+        else:
+            integers = _integer_block(block, text, first[where], last[where], type_, size)
+            if integers is None:
+                return None
+            block = integers
+        data[name] = block[:, 0] if count == 1 else block
+        column += count
+    return data
+
+
+def _signed_zeros(block: np.ndarray, text: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Give ``-0`` its sign back: simdjson reads the JSON integer ``-0`` as an integer, 0."""
+    zeros = np.flatnonzero(block == 0)
+    if zeros.size:
+        negative = zeros[text[first.ravel()[zeros]] == ord("-")]
+        if negative.size:
+            block = block.copy()
+            block.reshape(-1)[negative] = -0.0
+    return block
+
+
+def _integer_block(
+    block: np.ndarray, text: np.ndarray, first: np.ndarray, last: np.ndarray, type_: str, size: int
+) -> np.ndarray | None:
+    """An integer field's values from their float64 parse, or ``None`` for the exact route to judge.
+
+    The exact route accepts integer tokens only (``1.0`` and ``1e3`` are errors there), so every value's text
+    is checked for ``.``, ``e`` and ``E`` (one gather per character of the longest value); JSON already made
+    the rest an integer. Values beyond 2**53 may have been rounded by the float64 parse and are re-read.
+    """
+    lengths = last - first
+    for offset in range(int(lengths.max())):
+        chars = text[np.minimum(first + offset, last - 1)]
+        if np.any((chars == ord(".")) | (chars == ord("e")) | (chars == ord("E"))):
+            return None
+    flat = block.reshape(-1)
+    low, high = (0, 2 ** (8 * size) - 1) if type_ == "U" else (-(2 ** (8 * size - 1)), 2 ** (8 * size - 1) - 1)
+    if type_ == "U":
+        zeros = np.flatnonzero(flat == 0)
+        if zeros.size and np.any(text[first[zeros]] == ord("-")):
+            return None  # "-0" is not an unsigned value to numpy
+    dtype = np.dtype(_PCD_TO_NUMPY[(type_, size)])
+    if size < 8:
+        if np.any(flat < low) or np.any(flat > high):
+            return None
+        return block.astype(dtype)
+    result = np.empty(flat.shape, dtype=dtype)
+    big = np.abs(flat) >= _FLOAT64_EXACT_INTS
+    small = ~big
+    if np.any(flat[small] < low):
+        return None
+    result[small] = flat[small]
+    for index in np.flatnonzero(big).tolist():
+        value = int(text[first[index] : last[index]].tobytes())
+        if not low <= value <= high:
+            return None
+        result[index] = value
+    return result.reshape(block.shape)
+
+
+def _json_token(
+    text: np.ndarray, first: np.ndarray, last: np.ndarray, ncols: int, column: int, row: int, k: int
+) -> bytes:
+    """The text of value ``column + k`` of row ``row`` on the fast route (rare: float32 midpoints only)."""
+    index = row * ncols + column + k
+    return text[first[index] : last[index]].tobytes()
+
+
+def _decode_ascii_exact(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
+    """The exact ASCII route (numpy's C tokenizer): every file the fast route passes on, and every error."""
     dtype = header.dtype()
     n = header.points
     start = header.data_offset
-    if n == 0:
-        return np.zeros(0, dtype=dtype)  # whatever follows the header is trailing bytes, ignored like PCL does
     if _NON_SPACE.search(buf, start) is None:
         raise _ascii_error(buf, header, None)
     ncols = sum(header.counts)
@@ -892,5 +1029,5 @@ def _ascii_token_fits(token: bytes, type_: str, size: int) -> bool:
     value = int(token)
     bits = 8 * size
     if type_ == "U":
-        return 0 <= value < 2**bits
+        return 0 <= value < 2**bits and not token.startswith(b"-")  # numpy refuses "-0" for unsigned
     return -(2 ** (bits - 1)) <= value < 2 ** (bits - 1)
