@@ -708,14 +708,11 @@ def _decode_ascii(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
     return data if data is not None else _decode_ascii_exact(buf, header)
 
 
-# The fast ASCII route turns the data section into a JSON array of numbers, one byte for one byte: the two
-# separators PCL writes (a space between values, a line break after a point) become commas, and every byte
-# that is neither a separator nor part of a JSON number becomes "x", which no JSON parser accepts.
-_TO_JSON = np.full(256, ord("x"), dtype=np.uint8)
-for _byte in b"0123456789+-.eE":  # JSON refuses a leading "+" by itself
-    _TO_JSON[_byte] = _byte
-_TO_JSON[ord(" ")] = _TO_JSON[ord("\n")] = ord(",")
-del _byte
+# JSON-significant bytes that would change what a data section means if simdjson were shown them: JSON
+# whitespace other than the two separators (numpy reads "\r" as a line break), and commas and brackets
+# (extra separators, nested arrays that as_buffer would flatten). Other bytes make simdjson refuse the
+# document by themselves (syntax errors, or strings, objects and literals, which as_buffer refuses).
+_OFF_FAST_ROUTE = (b"\t", b"\r", b",", b"[", b"]")
 _FLOAT64_EXACT_INTS = 2.0**53  # integers below this are exact in float64, above it may have been rounded
 
 
@@ -740,39 +737,54 @@ def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray 
     start = header.data_offset
     if start < 1 or len(buf) - start < 2 * n * ncols or buf[-1] != 0x0A:
         return None  # no line break before the data (cannot happen with data), too short, or no final "\n"
-    # The header's last "\n" becomes "[" and the data's last one "]": one translated copy is the document.
-    text = _TO_JSON[np.frombuffer(buf, dtype=np.uint8, offset=start - 1)]
-    text[0] = ord("[")
-    text[-1] = ord("]")
-    values = number_buffer(text, "d")
-    if values is None or values.size != n * ncols:
+    if any(buf.find(byte, start) >= 0 for byte in _OFF_FAST_ROUTE):  # memchr scans
         return None
-    # JSON refused empty values, so separators are single; each line must hold exactly ncols values: the
-    # separators that were line breaks are every ncols-th one.
-    separators = np.flatnonzero(text == ord(","))  # text[j] is buf[start - 1 + j]
-    original = np.frombuffer(buf, dtype=np.uint8, offset=start - 1)
-    breaks = np.flatnonzero(original[separators] == ord("\n"))
-    if breaks.size != n - 1 or not np.array_equal(breaks, np.arange(ncols - 1, n * ncols - 1, ncols)):
+    # Both separators become commas (bytes.replace: a tight loop per byte, twice as fast as translate), the
+    # header's last "\n" and the data's last one included; "[0" and "0]" around them make a JSON array (the
+    # two extra zeros are dropped below).
+    text = buf.replace(b" ", b",").replace(b"\n", b",")
+    parsed = number_buffer(b"".join((b"[0", memoryview(text)[start - 1 :], b"0]")), "d")
+    if parsed is None or parsed.size != n * ncols + 2:
         return None
-    # Value v of the file spans text[first[v] : last[v]].
-    first = np.empty(n * ncols, dtype=np.intp)
-    first[0] = 1
-    first[1:] = separators + 1
-    last = np.empty(n * ncols, dtype=np.intp)
-    last[:-1] = separators
-    last[-1] = text.size - 1
+    # chars[0] is the header's last line break; bounds[v] and bounds[v + 1] are the separators around value v
+    # (row-major). JSON refused empty values, so separators are single.
+    chars = np.frombuffer(text, dtype=np.uint8, offset=start - 1)
+    bounds = np.flatnonzero(chars == ord(","))
+    ends = bounds[1:].reshape(n, ncols)
+    # Each line holds exactly ncols values: the separators that were line breaks are every ncols-th one.
+    breaks = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8, offset=start - 1)[bounds[1:]] == ord("\n"))
+    if breaks.size != n or not np.array_equal(breaks, np.arange(ncols - 1, n * ncols, ncols)):
+        return None
+    values = parsed[1:-1]
+    kinds = np.array([t for t, c in zip(header.types, header.counts, strict=True) for _ in range(c)])
+    # simdjson reads the JSON integer "-0" as the integer 0: find such values (usually none) among the zeros.
+    zeros = np.flatnonzero(values == 0)
+    negative_zeros = zeros[chars[bounds[zeros] + 1] == ord("-")]
+    if negative_zeros.size:
+        if np.any(kinds[negative_zeros % ncols] != "F"):
+            return None  # an error in an unsigned field, 0 in a signed one: the exact route decides
+        values[negative_zeros] = -0.0
+    integer_columns = np.flatnonzero(kinds != "F")
+    if integer_columns.size:
+        # An exponent can make an integral value as long as its integer spelling ("1e2" for 100): refuse
+        # exponents in integer fields. Most files have none or a few (found by memchr), some have many.
+        exponents = _positions(buf, b"e", start - 1) + _positions(buf, b"E", start - 1)
+        if len(exponents) > _FEW:
+            exponents = np.flatnonzero((chars == ord("e")) | (chars == ord("E"))).tolist()
+        if exponents and np.isin((np.searchsorted(bounds, exponents) - 1) % ncols, integer_columns).any():
+            return None
     table = values.reshape(n, ncols)
+    starts = bounds[:-1].reshape(n, ncols) + 1
     data = np.empty(n, dtype=header.dtype())
     column = 0
     for name, type_, size, count in zip(header.fields, header.types, header.sizes, header.counts, strict=True):
         block = table[:, column : column + count]
-        where = (np.arange(n)[:, None] * ncols + np.arange(column, column + count)).ravel()  # value indices
+        spans = (chars, starts[:, column : column + count], ends[:, column : column + count])
         if type_ == "F":
-            block = _signed_zeros(block, text, first[where].reshape(n, count))
             if size == 4:
-                block = _to_float32(block, functools.partial(_json_token, text, first, last, ncols, column))
+                block = _to_float32(block, functools.partial(_json_token, *spans))
         else:
-            integers = _integer_block(block, text, first[where], last[where], type_, size)
+            integers = _integer_block(block, *spans, type_, size)
             if integers is None:
                 return None
             block = integers
@@ -781,62 +793,62 @@ def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray 
     return data
 
 
-def _signed_zeros(block: np.ndarray, text: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """Give ``-0`` its sign back: simdjson reads the JSON integer ``-0`` as an integer, 0."""
-    zeros = np.flatnonzero(block == 0)
-    if zeros.size:
-        negative = zeros[text[first.ravel()[zeros]] == ord("-")]
-        if negative.size:
-            block = block.copy()
-            block.reshape(-1)[negative] = -0.0
-    return block
+_FEW = 64  # up to this many hits, bytes.find (memchr) beats a whole-buffer numpy pass
+
+
+def _positions(data: bytes | bytearray, needle: bytes, start: int) -> list[int]:
+    """Offsets (from ``start``) of the first ``_FEW + 1`` occurrences of ``needle`` in ``data[start:]``."""
+    found: list[int] = []
+    at = data.find(needle, start)
+    while at >= 0 and len(found) <= _FEW:
+        found.append(at - start)
+        at = data.find(needle, at + 1)
+    return found
 
 
 def _integer_block(
-    block: np.ndarray, text: np.ndarray, first: np.ndarray, last: np.ndarray, type_: str, size: int
+    block: np.ndarray, text: np.ndarray, starts: np.ndarray, ends: np.ndarray, type_: str, size: int
 ) -> np.ndarray | None:
     """An integer field's values from their float64 parse, or ``None`` for the exact route to judge.
 
-    The exact route accepts integer tokens only (``1.0`` and ``1e3`` are errors there), so every value's text
-    is checked for ``.``, ``e`` and ``E`` (one gather per character of the longest value); JSON already made
-    the rest an integer. Values beyond 2**53 may have been rounded by the float64 parse and are re-read.
+    The exact route accepts integer tokens only (``1.0`` is an error there). JSON integers have no leading
+    zeros, so a value's text is its integer spelling exactly when it is as long as that spelling (digits, and
+    a minus sign): a ``.`` makes it longer, and exponents were refused by the caller. ``-0`` never gets here
+    (the caller sends it to the exact route). Values beyond 2**53 may have been rounded by the float64 parse
+    and are re-read from their text.
     """
-    lengths = last - first
-    for offset in range(int(lengths.max())):
-        chars = text[np.minimum(first + offset, last - 1)]
-        if np.any((chars == ord(".")) | (chars == ord("e")) | (chars == ord("E"))):
-            return None
-    flat = block.reshape(-1)
     low, high = (0, 2 ** (8 * size) - 1) if type_ == "U" else (-(2 ** (8 * size - 1)), 2 ** (8 * size - 1) - 1)
-    if type_ == "U":
-        zeros = np.flatnonzero(flat == 0)
-        if zeros.size and np.any(text[first[zeros]] == ord("-")):
-            return None  # "-0" is not an unsigned value to numpy
+    if block.min() < low or block.max() > high:
+        return None  # (as floats: a value just beyond an 8-byte range may round onto it, and is re-read below)
+    magnitude = np.abs(block)
+    spelled = (block < 0).astype(np.int64) + 1  # the sign, and the first digit
+    largest = float(magnitude.max())
+    power = 10.0
+    while power <= largest:  # one compare per digit of the largest value (10**k is exact in float64 to 10**22)
+        spelled += magnitude >= power
+        power *= 10.0
+    if not np.array_equal(spelled, ends - starts):
+        return None
     dtype = np.dtype(_PCD_TO_NUMPY[(type_, size)])
     if size < 8:
-        if np.any(flat < low) or np.any(flat > high):
-            return None
         return block.astype(dtype)
+    flat = block.ravel()
     result = np.empty(flat.shape, dtype=dtype)
-    big = np.abs(flat) >= _FLOAT64_EXACT_INTS
+    big = magnitude.ravel() >= _FLOAT64_EXACT_INTS
     small = ~big
-    if np.any(flat[small] < low):
-        return None
     result[small] = flat[small]
+    first, end = starts.ravel(), ends.ravel()
     for index in np.flatnonzero(big).tolist():
-        value = int(text[first[index] : last[index]].tobytes())
+        value = int(text[first[index] : end[index]].tobytes())
         if not low <= value <= high:
             return None
         result[index] = value
     return result.reshape(block.shape)
 
 
-def _json_token(
-    text: np.ndarray, first: np.ndarray, last: np.ndarray, ncols: int, column: int, row: int, k: int
-) -> bytes:
-    """The text of value ``column + k`` of row ``row`` on the fast route (rare: float32 midpoints only)."""
-    index = row * ncols + column + k
-    return text[first[index] : last[index]].tobytes()
+def _json_token(text: np.ndarray, starts: np.ndarray, ends: np.ndarray, row: int, k: int) -> bytes:
+    """The text of value ``k`` of a field in row ``row`` on the fast route (rare: float32 midpoints only)."""
+    return text[starts[row, k] : ends[row, k]].tobytes()
 
 
 def _decode_ascii_exact(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
@@ -891,6 +903,7 @@ def _decode_ascii_exact(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray
 
 
 _FLOAT32_OVERFLOW = 2.0**128 - 2.0**103  # decimals from here up round to inf in float32
+_FLOAT32_TINY_BITS = np.array(2.0**-126).view(np.uint64)  # the bits of float32's smallest normal, as float64
 
 
 def _to_float32(values: np.ndarray, token: Callable[[int, int], bytes]) -> np.ndarray:
@@ -907,23 +920,32 @@ def _to_float32(values: np.ndarray, token: Callable[[int, int], bytes]) -> np.nd
     Returns:
         The float32 array, correctly rounded from the decimals.
     """
-    values = np.ascontiguousarray(values, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
     with np.errstate(over="ignore"):
         result = values.astype(np.float32)  # beyond float32's range: inf, as a direct parse gives
-    magnitude = np.abs(values)
+    # A cheap pass over the bits keeps the few values that may be midpoints: in the normal float32 range the
+    # 29 float64 mantissa bits below float32's read exactly "1000...0" at a midpoint; below that range (where
+    # float32 is evenly spaced) every nonzero value is kept. (A same-size view works on strided arrays too.)
     bits = values.view(np.uint64)
+    maybe = ((bits & np.uint64(0x1FFFFFFF)) == np.uint64(0x10000000)) | (
+        (bits & np.uint64(0x7FFFFFFFFFFFFFFF)) - np.uint64(1) < _FLOAT32_TINY_BITS - np.uint64(1)  # 0 wraps around
+    )
+    kept = np.nonzero(maybe)
+    subset = values[kept]
+    magnitude = np.abs(subset)
     with np.errstate(invalid="ignore", over="ignore"):
-        # Normal float32 range: 29 float64 mantissa bits below float32's, exactly "1000...0" at a midpoint (up
-        # to the midpoint between the largest float32 and the next power of two, where rounding overflows).
+        # Normal range, up to the midpoint between the largest float32 and the next power of two (where
+        # rounding overflows).
         normal = (
             (magnitude >= 2.0**-126)
             & (magnitude <= _FLOAT32_OVERFLOW)
-            & ((bits & np.uint64(0x1FFFFFFF)) == np.uint64(0x10000000))
+            & ((subset.view(np.uint64) & np.uint64(0x1FFFFFFF)) == np.uint64(0x10000000))
         )
         # Below it float32 is evenly spaced by 2**-149: a midpoint is an odd multiple of 2**-150.
         scaled = magnitude * 2.0**149
         tiny = (magnitude < 2.0**-126) & (scaled - np.floor(scaled) == 0.5)
-    candidates = np.argwhere(np.isfinite(values) & (normal | tiny))
+    chosen = np.isfinite(subset) & (normal | tiny)
+    candidates = np.stack([axis[chosen] for axis in kept], axis=1)
     for where in candidates:
         index = tuple(int(i) for i in where)
         midpoint = Fraction(float(values[index]))
