@@ -12,7 +12,8 @@ as open3d, pays for its cache misses, so a fixed order would hand that cost to t
 and the table reports the **median** of N rounds (``time.perf_counter``), with the best beside it. Peers where
 importable (skipped cleanly otherwise): pypcd4, open3d, pcd_py (a Rust reader), ``np.loadtxt`` for ASCII;
 ``json.loads`` + ``np.array`` and pysimdjson for masks. MB/s counts decoded bytes (the structured array's
-``nbytes``); "speedup" is peer median / playment_torch median (above 1 = playment_torch is faster).
+``nbytes``); "speedup" is peer median / playment_torch median (above 1 = playment_torch is faster). A last
+table puts each case's playment_torch median beside its fastest peer's.
 """
 
 from __future__ import annotations
@@ -136,6 +137,10 @@ def bench_cloud(
     return ratios
 
 
+# One line per case: playment_torch's median beside the fastest peer's (filled in by add_rows).
+FASTEST: list[list[str]] = []
+
+
 def add_rows(
     label: str, encoding: str, times: dict[str, Timing], nbytes: int, size: int, rows: list[list[str]]
 ) -> dict[str, float]:
@@ -150,6 +155,19 @@ def add_rows(
             continue
         rows.append(row(label, encoding, peer, timing, nbytes, ours[0], size))
         ratios[f"{label} {encoding} vs {peer}"] = timing[0] / ours[0]
+    timed = {peer: t for peer, t in times.items() if not isinstance(t, Exception)}
+    if timed:
+        peer = min(timed, key=lambda name: timed[name][0])
+        FASTEST.append(
+            [
+                label,
+                encoding,
+                f"{ours[0] * 1e3:.2f}",
+                peer,
+                f"{timed[peer][0] * 1e3:.2f}",
+                f"{timed[peer][0] / ours[0]:.2f}",
+            ]
+        )
     return ratios
 
 
@@ -233,6 +251,14 @@ def main() -> None:
     print("speedup = peer median / playment_torch median:")
     for name, value in ratios.items():
         print(f"  {name}: {value:.2f}x")
+    print()
+    print("playment_torch against the fastest peer of each case (medians; speedup > 1: playment_torch is faster):")
+    print()
+    fastest = ["case", "encoding", "playment_torch ms", "fastest peer", "peer ms", "speedup"]
+    print("| " + " | ".join(fastest) + " |")
+    print("|" + "---|" * len(fastest))
+    for r in FASTEST:
+        print("| " + " | ".join(r) + " |")
 
 
 if __name__ == "__main__":
