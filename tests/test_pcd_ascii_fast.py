@@ -166,7 +166,7 @@ def integer_tokens(type_: str, size: int) -> st.SearchStrategy[str]:
     low, high = (0, 2**bits - 1) if type_ == "U" else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
     return st.one_of(
         st.integers(low, high).map(str),
-        st.sampled_from([str(low), str(high), str(low - 1), str(high + 1), "0", "-0", "1.0", "1e2", "100"]),
+        st.sampled_from([str(low), str(high), str(low - 1), str(high + 1), "0", "-0", "1.0", "1e2", "100", "nan"]),
         st.sampled_from([str(2**53 + 1), str(2**63), str(2**64 - 1), str(2**64), str(-(2**63)), str(-(2**53) - 1)]),
     )
 
@@ -181,6 +181,7 @@ FLOAT_TOKENS = st.one_of(
         ["0", "-0", "0.0", "-0.0", "-0e0", "1e400", "-1e400", "1e-400", "4.9e-324", "3.4028235e38", "3.4028236e38"]
     ),
     st.sampled_from(["nan", "-nan", "inf", "-inf", "NaN", "+1.5", ".5", "5.", "007", "1e", "-", "1.2.3", "0x1p3"]),
+    st.sampled_from(["nan", "-nan", "inf", "-inf", "1nan", "nan5", "nanan", "infinity", "-inff", "+nan", "--nan"]),
 )
 
 
@@ -309,7 +310,9 @@ def test_integer_fields_refuse_what_the_exact_route_refuses(line: str, why: str)
         "1 2 \n3 4\n",  # a trailing space
         "1 2\n\n3 4\n",  # a blank line
         "1 2\n3 4\n5 6\n",  # a row after POINTS rows (ignored, like PCL)
-        "nan 2\n-inf 4\n",  # nan and inf
+        "nan 2\n-inf 4\n",  # nan and inf, as PCL writes them: the fast route too
+        "NaN 2\nInf 4\n",  # other spellings numpy reads
+        "1nan 2\n3 4\n",  # not a value ("10.0" to JSON once nan is spelled 0.0)
         "+1 .5\n5. 007\n",  # spellings numpy reads and JSON does not
         "1,2\n3 4\n",  # a comma is not a separator
         "[1 2]\n3 4\n",
@@ -319,7 +322,7 @@ def test_integer_fields_refuse_what_the_exact_route_refuses(line: str, why: str)
 def test_layouts_off_the_fast_route_decode_as_before(body: str) -> None:
     blob = f"FIELDS a b\nSIZE 4 8\nTYPE F F\nWIDTH 2\nDATA ascii\n{body}".encode()
     fast, _ = routes(blob)
-    assert (fast is not None) == (body == "1 2\n3 4\n")
+    assert (fast is not None) == (body in ("1 2\n3 4\n", "nan 2\n-inf 4\n"))
     assert_fast_matches_exact(blob)
 
 
@@ -333,6 +336,37 @@ def test_the_real_scan_takes_the_fast_route_bit_exactly() -> None:
     for name in expected.files:
         assert fast[name].tobytes() == np.ascontiguousarray(expected[name]).tobytes(), name
     assert fast.tobytes() == pcd._decode_ascii_exact(blob, read_pcd(blob).header).tobytes()
+
+
+def test_nan_and_inf_keep_their_signs_bit_exactly() -> None:
+    blob = b"FIELDS a b c\nSIZE 4 8 4\nTYPE F F I\nWIDTH 3\nDATA ascii\nnan -inf 1\n-nan 1 2\ninf -nan 3\n"
+    header = read_pcd(blob).header
+    fast = pcd._decode_ascii_fast(blob, header)
+    assert fast is not None
+    assert fast.tobytes() == pcd._decode_ascii_exact(blob, header).tobytes()
+    assert np.signbit(fast["a"]).tolist() == [False, True, False]
+    assert np.isnan(fast["a"][:2]).all() and fast["a"][2] == np.inf
+    with pytest.raises(PlaymentFormatError, match="line 7: 'nan' is not a valid I4 value"):
+        read_pcd(blob.replace(b"-nan 1 2", b"-nan 1 nan"))  # nan in an integer field
+
+
+@requires_shared_data
+@pytest.mark.parametrize(
+    "name", ["pcl__sac_plane_test.pcd", "pcl__bun0.pcd", "pypcd4__ascii.pcd", "pdal__utm17_tab.pcd"]
+)
+def test_real_ascii_files(name: str) -> None:
+    blob = (PCD_DATA / "files" / name).read_bytes()
+    header = read_pcd(blob, require_final_newline=False).header
+    fast = pcd._decode_ascii_fast(blob, header)
+    exact = pcd._decode_ascii_exact(blob, header)
+    if name != "pdal__utm17_tab.pcd":  # tab-separated: the exact route's
+        assert fast is not None, name
+    if fast is not None:
+        assert fast.tobytes() == exact.tobytes()
+    expected = np.load(PCD_DATA / "expected" / f"{name}.npz")
+    got = read_pcd(PCD_DATA / "files" / name).data
+    for field in expected.files:
+        assert np.array_equal(got[field], expected[field], equal_nan=True), field
 
 
 def test_loadtxt_reference_is_independent() -> None:

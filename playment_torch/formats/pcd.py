@@ -743,6 +743,11 @@ def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray 
     # header's last "\n" and the data's last one included; "[0" and "0]" around them make a JSON array (the
     # two extra zeros are dropped below).
     text = buf.replace(b" ", b",").replace(b"\n", b",")
+    # nan and inf (as PCL writes them, for points without a return) are not JSON: spelled "0.0" (same length)
+    # for simdjson, they are found again below and given their values.
+    specials = [(word, value) for word, value in _SPECIALS if buf.find(word, start) >= 0]
+    for word, _ in specials:
+        text = text.replace(word, b"0.0")
     parsed = number_buffer(b"".join((b"[0", memoryview(text)[start - 1 :], b"0]")), "d")
     if parsed is None or parsed.size != n * ncols + 2:
         return None
@@ -764,6 +769,15 @@ def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray 
         if np.any(kinds[negative_zeros % ncols] != "F"):
             return None  # an error in an unsigned field, 0 in a signed one: the exact route decides
         values[negative_zeros] = -0.0
+    original = np.frombuffer(buf, dtype=np.uint8, offset=start - 1)
+    for word, value in specials:
+        where = _whole_tokens(original, chars, word)
+        if where is None:
+            return None  # "1nan" or "nanx": not a value, though its JSON spelling may parse
+        index = np.searchsorted(bounds, where) - 1
+        if np.any(kinds[index % ncols] != "F"):
+            return None  # an error in an integer field
+        values[index] = np.copysign(value, values[index])  # "-nan" and "-inf" read as -0.0: keep the sign
     integer_columns = np.flatnonzero(kinds != "F")
     if integer_columns.size:
         # An exponent can make an integral value as long as its integer spelling ("1e2" for 100): refuse
@@ -791,6 +805,28 @@ def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray 
         data[name] = block[:, 0] if count == 1 else block
         column += count
     return data
+
+
+_SPECIALS = ((b"nan", np.nan), (b"inf", np.inf))
+
+
+def _whole_tokens(original: np.ndarray, chars: np.ndarray, word: bytes) -> np.ndarray | None:
+    """Where ``word`` (three letters) starts in ``original``; ``None`` unless each is a whole value.
+
+    A whole value follows a separator (a comma in ``chars``, the separators made commas), or a minus sign
+    after one, and is followed by a separator.
+    """
+    size = original.size
+    hits = np.ones(size - 2, dtype=bool)
+    for k, letter in enumerate(word):
+        hits &= original[k : size - 2 + k] == letter
+    where = np.flatnonzero(hits)
+    if where.size == 0 or where[-1] + 3 >= size or where[0] < 1:
+        return None
+    before = chars[where - 1]
+    signed = before == ord("-")
+    whole = (chars[where + 3] == ord(",")) & ((before == ord(",")) | (signed & (chars[where - 2] == ord(","))))
+    return where if whole.all() else None
 
 
 _FEW = 64  # up to this many hits, bytes.find (memchr) beats a whole-buffer numpy pass
