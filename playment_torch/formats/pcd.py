@@ -709,10 +709,11 @@ def _decode_ascii(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
 
 
 # JSON-significant bytes that would change what a data section means if simdjson were shown them: JSON
-# whitespace other than the two separators (numpy reads "\r" as a line break), and commas and brackets
-# (extra separators, nested arrays that as_buffer would flatten). Other bytes make simdjson refuse the
-# document by themselves (syntax errors, or strings, objects and literals, which as_buffer refuses).
-_OFF_FAST_ROUTE = (b"\t", b"\r", b",", b"[", b"]")
+# whitespace other than the two separators (numpy reads "\r" as a line break), and "[" (nested arrays, which
+# as_buffer would flatten; "]" is an error without it). A comma would be an extra separator: the counts of
+# spaces and line breaks checked below leave no room for one. Other bytes make simdjson refuse the document
+# by themselves (syntax errors, or strings, objects and literals, which as_buffer refuses).
+_OFF_FAST_ROUTE = (b"\t", b"\r", b"[")
 _FLOAT64_EXACT_INTS = 2.0**53  # integers below this are exact in float64, above it may have been rounded
 
 
@@ -745,7 +746,10 @@ def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray 
     text = buf.replace(b" ", b",").replace(b"\n", b",")
     # nan and inf (as PCL writes them, for points without a return) are not JSON: spelled "0.0" (same length)
     # for simdjson, they are found again below and given their values.
-    specials = [(word, value) for word, value in _SPECIALS if buf.find(word, start) >= 0]
+    # (Both words hold an "n": one memchr scan clears most files, where a three-byte find would cost 10x.)
+    specials = []
+    if buf.find(b"n", start) >= 0:
+        specials = [(word, value) for word, value in _SPECIALS if buf.find(word, start) >= 0]
     for word, _ in specials:
         text = text.replace(word, b"0.0")
     parsed = number_buffer(b"".join((b"[0", memoryview(text)[start - 1 :], b"0]")), "d")
@@ -756,9 +760,11 @@ def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray 
     chars = np.frombuffer(text, dtype=np.uint8, offset=start - 1)
     bounds = np.flatnonzero(chars == ord(","))
     ends = bounds[1:].reshape(n, ncols)
-    # Each line holds exactly ncols values: the separators that were line breaks are every ncols-th one.
-    breaks = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8, offset=start - 1)[bounds[1:]] == ord("\n"))
-    if breaks.size != n or not np.array_equal(breaks, np.arange(ncols - 1, n * ncols, ncols)):
+    # Each line holds exactly ncols values: every ncols-th separator is a line break, and the rest are spaces.
+    # (The n * ncols separators count n line breaks at those places and n * (ncols - 1) spaces: none is left
+    # for another line break, nor for a comma of the file's own.)
+    original = np.frombuffer(buf, dtype=np.uint8, offset=start - 1)
+    if not (original[ends[:, -1]] == ord("\n")).all() or np.count_nonzero(original == ord(" ")) != n * (ncols - 1):
         return None
     values = parsed[1:-1]
     kinds = np.array([t for t, c in zip(header.types, header.counts, strict=True) for _ in range(c)])
@@ -769,7 +775,6 @@ def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray 
         if np.any(kinds[negative_zeros % ncols] != "F"):
             return None  # an error in an unsigned field, 0 in a signed one: the exact route decides
         values[negative_zeros] = -0.0
-    original = np.frombuffer(buf, dtype=np.uint8, offset=start - 1)
     for word, value in specials:
         where = _whole_tokens(original, chars, word)
         if where is None:
@@ -788,15 +793,18 @@ def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray 
         if exponents and np.isin((np.searchsorted(bounds, exponents) - 1) % ncols, integer_columns).any():
             return None
     table = values.reshape(n, ncols)
-    starts = bounds[:-1].reshape(n, ncols) + 1
+    before = bounds[:-1].reshape(n, ncols)  # the separator before each value
     data = np.empty(n, dtype=header.dtype())
     column = 0
     for name, type_, size, count in zip(header.fields, header.types, header.sizes, header.counts, strict=True):
         block = table[:, column : column + count]
-        spans = (chars, starts[:, column : column + count], ends[:, column : column + count])
+        spans = (chars, before[:, column : column + count], ends[:, column : column + count])
         if type_ == "F":
             if size == 4:
-                block = _to_float32(block, functools.partial(_json_token, *spans))
+                field = data[name].reshape(n, count)  # a view: the cast writes into the cloud
+                _to_float32(block, functools.partial(_json_token, *spans), out=field)
+                column += count
+                continue
         else:
             integers = _integer_block(block, *spans, type_, size)
             if integers is None:
@@ -808,6 +816,10 @@ def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray 
 
 
 _SPECIALS = ((b"nan", np.nan), (b"inf", np.inf))
+# The integers spelled with d digits are [_DIGITS_LOW[d], _DIGITS_HIGH[d]): 10**k is exact in float64 up to
+# 10**22, and a uint64 has at most 20 digits. Index 0 (no digits) and 21 (too many) hold empty ranges.
+_DIGITS_LOW = np.array([np.inf, 0.0] + [10.0 ** (d - 1) for d in range(2, 21)] + [np.inf])
+_DIGITS_HIGH = np.array([-np.inf] + [10.0**d for d in range(1, 21)] + [-np.inf])
 
 
 def _whole_tokens(original: np.ndarray, chars: np.ndarray, word: bytes) -> np.ndarray | None:
@@ -843,7 +855,7 @@ def _positions(data: bytes | bytearray, needle: bytes, start: int) -> list[int]:
 
 
 def _integer_block(
-    block: np.ndarray, text: np.ndarray, starts: np.ndarray, ends: np.ndarray, type_: str, size: int
+    block: np.ndarray, text: np.ndarray, before: np.ndarray, ends: np.ndarray, type_: str, size: int
 ) -> np.ndarray | None:
     """An integer field's values from their float64 parse, or ``None`` for the exact route to judge.
 
@@ -856,14 +868,16 @@ def _integer_block(
     low, high = (0, 2 ** (8 * size) - 1) if type_ == "U" else (-(2 ** (8 * size - 1)), 2 ** (8 * size - 1) - 1)
     if block.min() < low or block.max() > high:
         return None  # (as floats: a value just beyond an 8-byte range may round onto it, and is re-read below)
-    magnitude = np.abs(block)
-    spelled = (block < 0).astype(np.int64) + 1  # the sign, and the first digit
-    largest = float(magnitude.max())
-    power = 10.0
-    while power <= largest:  # one compare per digit of the largest value (10**k is exact in float64 to 10**22)
-        spelled += magnitude >= power
-        power *= 10.0
-    if not np.array_equal(spelled, ends - starts):
+    digits = ends - before
+    digits -= 1
+    if type_ == "U":  # all values are >= 0 now: no sign
+        magnitude = block
+    else:
+        magnitude = np.abs(block)
+        digits -= block < 0
+    # A value of d digits lies in [10**(d-1), 10**d) (0 has one digit); lengths past the table fit nothing.
+    digits = np.minimum(digits, _DIGITS_LOW.size - 1)
+    if not ((magnitude >= _DIGITS_LOW[digits]) & (magnitude < _DIGITS_HIGH[digits])).all():
         return None
     dtype = np.dtype(_PCD_TO_NUMPY[(type_, size)])
     if size < 8:
@@ -873,7 +887,7 @@ def _integer_block(
     big = magnitude.ravel() >= _FLOAT64_EXACT_INTS
     small = ~big
     result[small] = flat[small]
-    first, end = starts.ravel(), ends.ravel()
+    first, end = before.ravel() + 1, ends.ravel()
     for index in np.flatnonzero(big).tolist():
         value = int(text[first[index] : end[index]].tobytes())
         if not low <= value <= high:
@@ -882,9 +896,9 @@ def _integer_block(
     return result.reshape(block.shape)
 
 
-def _json_token(text: np.ndarray, starts: np.ndarray, ends: np.ndarray, row: int, k: int) -> bytes:
+def _json_token(text: np.ndarray, before: np.ndarray, ends: np.ndarray, row: int, k: int) -> bytes:
     """The text of value ``k`` of a field in row ``row`` on the fast route (rare: float32 midpoints only)."""
-    return text[starts[row, k] : ends[row, k]].tobytes()
+    return text[before[row, k] + 1 : ends[row, k]].tobytes()
 
 
 def _decode_ascii_exact(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
@@ -942,7 +956,9 @@ _FLOAT32_OVERFLOW = 2.0**128 - 2.0**103  # decimals from here up round to inf in
 _FLOAT32_TINY_BITS = np.array(2.0**-126).view(np.uint64)  # the bits of float32's smallest normal, as float64
 
 
-def _to_float32(values: np.ndarray, token: Callable[[int, int], bytes]) -> np.ndarray:
+def _to_float32(
+    values: np.ndarray, token: Callable[[int, int], bytes], out: np.ndarray | None = None
+) -> np.ndarray:
     """Round float64 values parsed from decimals to float32 as a direct decimal -> float32 parse would.
 
     A float64 rounding of a decimal can only mislead the cast when it lands exactly on the midpoint of two
@@ -952,13 +968,18 @@ def _to_float32(values: np.ndarray, token: Callable[[int, int], bytes]) -> np.nd
     Args:
         values: ``(N,)`` or ``(N, COUNT)`` float64 values, as parsed.
         token: ``token(row, k)``: the decimal text of value ``k`` of row ``row`` (error path only).
+        out: A float32 array of ``values``' shape to write into (a field of the cloud), or ``None``.
 
     Returns:
-        The float32 array, correctly rounded from the decimals.
+        The float32 array (``out`` when given), correctly rounded from the decimals.
     """
     values = np.asarray(values, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        result = values.astype(np.float32)  # beyond float32's range: inf, as a direct parse gives
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, as a direct parse gives
+        if out is None:
+            result = values.astype(np.float32)
+        else:
+            result = out
+            result[...] = values
     # A cheap pass over the bits keeps the few values that may be midpoints: in the normal float32 range the
     # 29 float64 mantissa bits below float32's read exactly "1000...0" at a midpoint; below that range (where
     # float32 is evenly spaced) every nonzero value is kept. (A same-size view works on strided arrays too.)
