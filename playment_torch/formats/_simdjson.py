@@ -8,7 +8,9 @@ change what they accept.
 
 A parser keeps its buffers (about five times the largest document it parsed) and is not safe to use from two
 threads at once, nor again while a document from it is alive. So parsers are lent out from a small pool:
-taken for one parse, returned after it, and at most :data:`_POOL_SIZE` are kept between calls.
+taken for one parse, returned after it, and at most :data:`_POOL_SIZE` are kept between calls, only if the
+documents they parsed were at most :data:`_KEEP_BELOW` bytes (a 240k-point ASCII cloud is ~15 MB; keeping
+a parser sized for it holds ~75 MB, a larger one would hold more for the life of the process).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = ["number_buffer"]
 
 # Decoding runs in prefetch threads; more parsers than this are created when needed, but not kept.
 _POOL_SIZE = 2
+_KEEP_BELOW = 32 << 20
 _pool: list[Any] = []
 
 
@@ -48,6 +51,6 @@ def number_buffer(document: Any, of_type: str) -> np.ndarray | None:
     except (ValueError, TypeError, RuntimeError, OverflowError, MemoryError):
         # A refused document (or a parser in a state it cannot recover from): the parser is not reused.
         return None
-    if len(_pool) < _POOL_SIZE:
+    if len(_pool) < _POOL_SIZE and len(document) <= _KEEP_BELOW:
         _pool.append(parser)
     return np.frombuffer(buffer, dtype=np.int64 if of_type == "i" else np.float64)
