@@ -221,7 +221,7 @@ def ascii_files(draw: st.DrawFn) -> bytes:
     return (header + body).encode()
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=700, deadline=None)
 @given(ascii_files())
 def test_fast_route_agrees_with_the_exact_route(blob: bytes) -> None:
     assert_fast_matches_exact(blob)
