@@ -264,6 +264,28 @@ def test_files_this_module_writes_take_the_fast_route(data: np.ndarray) -> None:
     assert read_pcd(blob).data.tobytes() == data.tobytes()
 
 
+@settings(max_examples=100, deadline=None)
+@given(clean_clouds(), st.sampled_from([1, 16, 50, 200]), st.data())
+def test_chunk_boundaries_change_nothing(data: np.ndarray, chunk: int, draw: st.DataObject) -> None:
+    # Chunks smaller than a line (taken whole), and nan, inf and -0 at the start of a chunk.
+    floats = [name for name in data.dtype.names if data.dtype[name].base.kind == "f"]
+    if floats:
+        values = data[floats[0]].reshape(-1)
+        for i in draw.draw(st.lists(st.integers(0, values.size - 1), max_size=3)):
+            values[i] = draw.draw(st.sampled_from([np.nan, -np.inf, np.inf, -0.0]))
+    blob = encode_pcd(data, encoding="ascii")
+    header = read_pcd(blob).header
+    whole = pcd._decode_ascii_fast(blob, header)
+    saved = pcd._CHUNK
+    pcd._CHUNK = chunk
+    try:
+        chunked = pcd._decode_ascii_fast(blob, header)
+    finally:
+        pcd._CHUNK = saved
+    assert whole is not None and chunked is not None
+    assert chunked.tobytes() == whole.tobytes() == pcd._decode_ascii_exact(blob, header).tobytes()
+
+
 def test_signed_zeros_and_integer_extremes() -> None:
     header = "FIELDS a b c d e\nSIZE 4 8 8 8 1\nTYPE F F I U U\nWIDTH 4\nDATA ascii\n"
     body = (

@@ -717,60 +717,91 @@ _OFF_FAST_ROUTE = (b"\t", b"\r", b"[")
 _FLOAT64_EXACT_INTS = 2.0**53  # integers below this are exact in float64, above it may have been rounded
 
 
+# Bytes of ASCII data decoded at a time: small enough that a chunk's copies, its parse and the numpy passes
+# over it stay in the CPU's caches (one pass over the whole section each would be bound by memory bandwidth,
+# which other processes share), large enough that the per-chunk Python work does not count.
+_CHUNK = 1 << 20
+
+
 def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray | None:
     """Decode the data section as PCL writes it, with simdjson as the number tokenizer; ``None`` otherwise.
 
-    The route applies to a data section of exactly POINTS lines, each of its values as JSON numbers separated
-    by single spaces, every line ending in ``\\n``: what PCL, this module and most writers produce. Anything
-    else (``nan``, tabs, runs of spaces, CRLF, blank lines, rows after the POINTS rows, ``+1``, ``.5``, ``007``,
-    out-of-range values, a missing final line break, errors of any kind) returns ``None`` and takes the exact
-    route, which decides what the file means and words its errors. So this route must never accept a file
-    the exact route refuses, nor give other values; ``tests/test_pcd_ascii_fast.py`` compares the two.
+    The route applies to a data section of exactly POINTS lines, each of its values as JSON numbers (or
+    ``nan``/``inf``) separated by single spaces, every line ending in ``\\n``: what PCL, this module and most
+    writers produce. Anything else (tabs, runs of spaces, CRLF, blank lines, rows after the POINTS rows,
+    ``+1``, ``.5``, ``007``, ``NaN``, out-of-range values, a missing final line break, errors of any kind)
+    returns ``None`` and takes the exact route, which decides what the file means and words its errors. So
+    this route must never accept a file the exact route refuses, nor give other values;
+    ``tests/test_pcd_ascii_fast.py`` compares the two.
 
     simdjson parses every number to float64, correctly rounded (as numpy's parser does), so float64 fields are
     exact; float32 fields go through :func:`_to_float32` like the exact route's; integer fields are checked to
-    be integer tokens in range, and the rare 8-byte values beyond 2**53 are re-read from their text.
+    be integer tokens in range, and the rare 8-byte values beyond 2**53 are re-read from their text. The
+    section is decoded in chunks of whole lines (:data:`_CHUNK` bytes).
     """
-    from playment_torch.formats._simdjson import number_buffer
-
     n = header.points
     ncols = sum(header.counts)
     start = header.data_offset
-    if start < 1 or len(buf) - start < 2 * n * ncols or buf[-1] != 0x0A:
-        return None  # no line break before the data (cannot happen with data), too short, or no final "\n"
-    if any(buf.find(byte, start) >= 0 for byte in _OFF_FAST_ROUTE):  # memchr scans
+    end = len(buf)
+    if end - start < 2 * n * ncols or buf[-1] != 0x0A:
+        return None  # too short for POINTS rows, or no final "\n"
+    kinds = np.array([t for t, c in zip(header.types, header.counts, strict=True) for _ in range(c)])
+    data = np.empty(n, dtype=header.dtype())
+    row = 0
+    while start < end:
+        stop = end if end - start <= _CHUNK else buf.rfind(b"\n", start, start + _CHUNK) + 1
+        if stop <= start:  # a line longer than a chunk: take it whole
+            stop = buf.find(b"\n", start + _CHUNK) + 1
+        rows = _decode_chunk(bytes(buf[start:stop]), header, kinds, data, row)
+        if rows is None:
+            return None
+        row += rows
+        start = stop
+    return data if row == n else None
+
+
+def _decode_chunk(chunk: bytes, header: PCDHeader, kinds: np.ndarray, data: np.ndarray, row: int) -> int | None:
+    """Decode whole lines ``chunk`` into ``data[row:]``; the number of rows, or ``None`` (see the caller)."""
+    from playment_torch.formats._simdjson import number_buffer
+
+    ncols = kinds.size
+    if any(chunk.find(byte) >= 0 for byte in _OFF_FAST_ROUTE):  # memchr scans
         return None
-    # Both separators become commas (bytes.replace: a tight loop per byte, twice as fast as translate), the
-    # header's last "\n" and the data's last one included; "[0" and "0]" around them make a JSON array (the
-    # two extra zeros are dropped below).
-    text = buf.replace(b" ", b",").replace(b"\n", b",")
+    # Both separators become commas (bytes.replace: a tight loop per byte, twice as fast as translate); "["
+    # and "0]" around them make a JSON array (the extra zero is dropped below).
+    text = chunk.replace(b" ", b",").replace(b"\n", b",")
     # nan and inf (as PCL writes them, for points without a return) are not JSON: spelled "0.0" (same length)
-    # for simdjson, they are found again below and given their values.
-    # (Both words hold an "n": one memchr scan clears most files, where a three-byte find would cost 10x.)
+    # for simdjson, they are found again below and given their values. (Both words hold an "n": one memchr
+    # scan clears most chunks.)
     specials = []
-    if buf.find(b"n", start) >= 0:
-        specials = [(word, value) for word, value in _SPECIALS if buf.find(word, start) >= 0]
+    if chunk.find(b"n") >= 0:
+        specials = [(word, value) for word, value in _SPECIALS if chunk.find(word) >= 0]
     for word, _ in specials:
         text = text.replace(word, b"0.0")
-    parsed = number_buffer(b"".join((b"[0", memoryview(text)[start - 1 :], b"0]")), "d")
-    if parsed is None or parsed.size != n * ncols + 2:
+    parsed = number_buffer(b"".join((b"[", text, b"0]")), "d")
+    if parsed is None or (parsed.size - 1) % ncols:
         return None
-    # chars[0] is the header's last line break; bounds[v] and bounds[v + 1] are the separators around value v
-    # (row-major). JSON refused empty values, so separators are single.
-    chars = np.frombuffer(text, dtype=np.uint8, offset=start - 1)
-    bounds = np.flatnonzero(chars == ord(","))
-    ends = bounds[1:].reshape(n, ncols)
+    values = parsed[:-1]
+    rows = values.size // ncols
+    if rows == 0 or row + rows > data.shape[0]:
+        return None  # (more rows than POINTS: the exact route reads POINTS rows and ignores the rest)
+    # ends[v] is the separator after value v (row-major). JSON refused empty values, so separators are single.
+    chars = np.frombuffer(text, dtype=np.uint8)
+    ends = np.flatnonzero(chars == ord(","))
+    original = np.frombuffer(chunk, dtype=np.uint8)
     # Each line holds exactly ncols values: every ncols-th separator is a line break, and the rest are spaces.
-    # (The n * ncols separators count n line breaks at those places and n * (ncols - 1) spaces: none is left
-    # for another line break, nor for a comma of the file's own.)
-    original = np.frombuffer(buf, dtype=np.uint8, offset=start - 1)
-    if not (original[ends[:, -1]] == ord("\n")).all() or np.count_nonzero(original == ord(" ")) != n * (ncols - 1):
+    # (The rows * ncols separators count rows line breaks at those places and rows * (ncols - 1) spaces: none
+    # is left for another line break, nor for a comma of the file's own.)
+    if ends.size != values.size or not (original[ends[ncols - 1 :: ncols]] == ord("\n")).all():
         return None
-    values = parsed[1:-1]
-    kinds = np.array([t for t, c in zip(header.types, header.counts, strict=True) for _ in range(c)])
+    if np.count_nonzero(original == ord(" ")) != rows * (ncols - 1):
+        return None
+    before = np.empty(values.size, dtype=np.intp)  # the separator before each value (-1: the chunk's start)
+    before[0] = -1
+    before[1:] = ends[:-1]
     # simdjson reads the JSON integer "-0" as the integer 0: find such values (usually none) among the zeros.
     zeros = np.flatnonzero(values == 0)
-    negative_zeros = zeros[chars[bounds[zeros] + 1] == ord("-")]
+    negative_zeros = zeros[chars[before[zeros] + 1] == ord("-")]
     if negative_zeros.size:
         if np.any(kinds[negative_zeros % ncols] != "F"):
             return None  # an error in an unsigned field, 0 in a signed one: the exact route decides
@@ -779,40 +810,37 @@ def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray 
         where = _whole_tokens(original, chars, word)
         if where is None:
             return None  # "1nan" or "nanx": not a value, though its JSON spelling may parse
-        index = np.searchsorted(bounds, where) - 1
+        index = np.searchsorted(ends, where)
         if np.any(kinds[index % ncols] != "F"):
             return None  # an error in an integer field
         values[index] = np.copysign(value, values[index])  # "-nan" and "-inf" read as -0.0: keep the sign
     integer_columns = np.flatnonzero(kinds != "F")
     if integer_columns.size:
         # An exponent can make an integral value as long as its integer spelling ("1e2" for 100): refuse
-        # exponents in integer fields. Most files have none or a few (found by memchr), some have many.
-        exponents = _positions(buf, b"e", start - 1) + _positions(buf, b"E", start - 1)
+        # exponents in integer fields. Most chunks have none or a few (found by memchr), some have many.
+        exponents = _positions(chunk, b"e") + _positions(chunk, b"E")
         if len(exponents) > _FEW:
-            exponents = np.flatnonzero((chars == ord("e")) | (chars == ord("E"))).tolist()
-        if exponents and np.isin((np.searchsorted(bounds, exponents) - 1) % ncols, integer_columns).any():
+            exponents = np.flatnonzero((original == ord("e")) | (original == ord("E"))).tolist()
+        if exponents and np.isin(np.searchsorted(ends, exponents) % ncols, integer_columns).any():
             return None
-    table = values.reshape(n, ncols)
-    before = bounds[:-1].reshape(n, ncols)  # the separator before each value
-    data = np.empty(n, dtype=header.dtype())
+    table = values.reshape(rows, ncols)
+    before_table, ends_table = before.reshape(rows, ncols), ends.reshape(rows, ncols)
     column = 0
     for name, type_, size, count in zip(header.fields, header.types, header.sizes, header.counts, strict=True):
         block = table[:, column : column + count]
-        spans = (chars, before[:, column : column + count], ends[:, column : column + count])
-        if type_ == "F":
-            if size == 4:
-                field = data[name].reshape(n, count)  # a view: the cast writes into the cloud
-                _to_float32(block, functools.partial(_json_token, *spans), out=field)
-                column += count
-                continue
+        spans = (chars, before_table[:, column : column + count], ends_table[:, column : column + count])
+        field = data[name][row : row + rows].reshape(rows, count)  # a view: results go into the cloud
+        if type_ == "F" and size == 4:
+            _to_float32(block, functools.partial(_json_token, *spans), out=field)
+        elif type_ == "F":
+            field[...] = block
         else:
             integers = _integer_block(block, *spans, type_, size)
             if integers is None:
                 return None
-            block = integers
-        data[name] = block[:, 0] if count == 1 else block
+            field[...] = integers
         column += count
-    return data
+    return rows
 
 
 _SPECIALS = ((b"nan", np.nan), (b"inf", np.inf))
@@ -825,31 +853,32 @@ _DIGITS_HIGH = np.array([-np.inf] + [10.0**d for d in range(1, 21)] + [-np.inf])
 def _whole_tokens(original: np.ndarray, chars: np.ndarray, word: bytes) -> np.ndarray | None:
     """Where ``word`` (three letters) starts in ``original``; ``None`` unless each is a whole value.
 
-    A whole value follows a separator (a comma in ``chars``, the separators made commas), or a minus sign
-    after one, and is followed by a separator.
+    A whole value starts the chunk or follows a separator (a comma in ``chars``, where separators are
+    commas), or a minus sign placed so, and is followed by a separator.
     """
     size = original.size
     hits = np.ones(size - 2, dtype=bool)
     for k, letter in enumerate(word):
         hits &= original[k : size - 2 + k] == letter
     where = np.flatnonzero(hits)
-    if where.size == 0 or where[-1] + 3 >= size or where[0] < 1:
+    if where.size == 0 or where[-1] + 3 >= size:
         return None
-    before = chars[where - 1]
+    padded = np.concatenate((np.array([ord(","), ord(",")], dtype=np.uint8), chars))  # a separator before
+    before = padded[where + 1]
     signed = before == ord("-")
-    whole = (chars[where + 3] == ord(",")) & ((before == ord(",")) | (signed & (chars[where - 2] == ord(","))))
+    whole = (chars[where + 3] == ord(",")) & ((before == ord(",")) | (signed & (padded[where] == ord(","))))
     return where if whole.all() else None
 
 
 _FEW = 64  # up to this many hits, bytes.find (memchr) beats a whole-buffer numpy pass
 
 
-def _positions(data: bytes | bytearray, needle: bytes, start: int) -> list[int]:
-    """Offsets (from ``start``) of the first ``_FEW + 1`` occurrences of ``needle`` in ``data[start:]``."""
+def _positions(data: bytes, needle: bytes) -> list[int]:
+    """Offsets of the first ``_FEW + 1`` occurrences of ``needle`` in ``data``."""
     found: list[int] = []
-    at = data.find(needle, start)
+    at = data.find(needle)
     while at >= 0 and len(found) <= _FEW:
-        found.append(at - start)
+        found.append(at)
         at = data.find(needle, at + 1)
     return found
 
