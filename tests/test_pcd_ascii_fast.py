@@ -304,6 +304,18 @@ def test_signed_zeros_and_integer_extremes() -> None:
     assert data["e"].tolist() == [255, 0, 1, 5]
 
 
+@pytest.mark.filterwarnings("error")
+def test_nanosecond_timestamps_are_read_exactly_on_the_fast_route() -> None:
+    rng = np.random.default_rng(7)
+    stamps = 1_631_322_303_000_000_000 + rng.integers(0, 10**12, 5000)
+    offsets = rng.integers(-(2**62), 2**62, 5000)
+    data = np.zeros(5000, dtype=[("t", "<u8"), ("o", "<i8"), ("x", "<f4")])
+    data["t"], data["o"], data["x"] = stamps, offsets, rng.normal(size=5000)
+    blob = encode_pcd(data, encoding="ascii")
+    fast = pcd._decode_ascii_fast(blob, read_pcd(blob).header)
+    assert fast is not None and fast.tobytes() == data.tobytes()
+
+
 @pytest.mark.parametrize(
     ("line", "why"),
     [
@@ -313,6 +325,8 @@ def test_signed_zeros_and_integer_extremes() -> None:
         ("1 2 1e2", "an exponent in an integer field"),
         ("1 2 -1", "negative unsigned"),
         ("1 18446744073709551616 1", "beyond uint64"),
+        ("1 18446744073709551616.0 1", "a float beyond 2**53 in an integer field"),
+        ("1 9007199254740993.0 1", "a float beyond 2**53 in an integer field"),
     ],
 )
 def test_integer_fields_refuse_what_the_exact_route_refuses(line: str, why: str) -> None:

@@ -906,23 +906,52 @@ def _integer_block(
         digits -= block < 0
     # A value of d digits lies in [10**(d-1), 10**d) (0 has one digit); lengths past the table fit nothing.
     digits = np.minimum(digits, _DIGITS_LOW.size - 1)
-    if not ((magnitude >= _DIGITS_LOW[digits]) & (magnitude < _DIGITS_HIGH[digits])).all():
+    spelled = (magnitude >= _DIGITS_LOW[digits]) & (magnitude < _DIGITS_HIGH[digits])
+    if size == 8:
+        spelled |= magnitude >= _FLOAT64_EXACT_INTS  # rounded values: their text is read below
+    if not spelled.all():
         return None
     dtype = np.dtype(_PCD_TO_NUMPY[(type_, size)])
     if size < 8:
         return block.astype(dtype)
     flat = block.ravel()
-    result = np.empty(flat.shape, dtype=dtype)
-    big = magnitude.ravel() >= _FLOAT64_EXACT_INTS
-    small = ~big
-    result[small] = flat[small]
-    first, end = before.ravel() + 1, ends.ravel()
-    for index in np.flatnonzero(big).tolist():
-        value = int(text[first[index] : end[index]].tobytes())
-        if not low <= value <= high:
+    with np.errstate(invalid="ignore"):  # values past 2**63 do not cast to int64: they are replaced below
+        result = flat.astype(dtype)
+    big = np.flatnonzero(magnitude.ravel() >= _FLOAT64_EXACT_INTS)
+    if big.size:
+        exact = _read_integers(text, before.ravel()[big] + 1, ends.ravel()[big], signed=type_ == "I")
+        if exact is None:
             return None
-        result[index] = value
+        result[big] = exact
     return result.reshape(block.shape)
+
+
+def _read_integers(text: np.ndarray, first: np.ndarray, end: np.ndarray, *, signed: bool) -> np.ndarray | None:
+    """Read the integer tokens ``text[first:end]`` exactly (8-byte values, e.g. nanosecond timestamps).
+
+    Digit by digit in uint64, which holds every value simdjson let through (it refuses integers beyond
+    uint64 and below int64). ``None`` when a token holds anything but an optional minus and digits, or a
+    value does not fit the field.
+    """
+    negative = text[first] == ord("-")
+    position = first + negative
+    if np.any(end - position > 20) or np.any(end <= position):
+        return None
+    value = np.zeros(first.size, dtype=np.uint64)
+    ten = np.uint64(10)
+    for _ in range(int((end - position).max())):
+        more = position < end
+        digit = text[np.minimum(position, end - 1)].astype(np.uint64) - np.uint64(ord("0"))
+        if np.any(more & (digit > 9)):  # (uint64: characters below "0" wrap around to huge values)
+            return None
+        value = np.where(more, value * ten + digit, value)
+        position += more
+    if not signed:
+        return None if negative.any() else value
+    limit = np.where(negative, np.uint64(2**63), np.uint64(2**63 - 1))
+    if np.any(value > limit):
+        return None
+    return np.where(negative, (~value + np.uint64(1)).view(np.int64), value.view(np.int64))
 
 
 def _json_token(text: np.ndarray, before: np.ndarray, ends: np.ndarray, row: int, k: int) -> bytes:
