@@ -353,6 +353,8 @@ def test_integer_fields_refuse_what_the_exact_route_refuses(line: str, why: str)
         "1,2\n3 4\n",  # a comma is not a separator
         "[1 2]\n3 4\n",
         "1 2\n3 4",  # no final line break
+        "1 2 3\n4\n",  # ragged rows whose values add up to POINTS x fields
+        "1\n2 3 4\n",
     ],
 )
 def test_layouts_off_the_fast_route_decode_as_before(body: str) -> None:
