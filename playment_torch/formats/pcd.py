@@ -15,8 +15,17 @@ points (the ``binary`` layout), so a ``binary`` file maps onto its bytes without
 ASCII decoding:
 
 * Values are exact: integers keep their full 64 bits, float64 values are correctly rounded, and float32 values
-  round as a direct decimal -> float32 parse does (numpy's own float32 parse rounds twice).
-* numpy's C tokenizer does the parsing (per field type); an error names the line at fault.
+  round as a direct decimal -> float32 parse does (numpy's own float32 parse rounds twice). float32 fields are
+  parsed to float64 and cast; the cast can only differ from a direct parse where the float64 value is exactly
+  a float32 rounding midpoint (float64 keeps 29 more bits, and rounding is monotonic), so those rare values
+  are found by their bits and settled from their decimal text (``tests/test_pcd_ascii_fast.py`` checks the
+  claim against exact rational arithmetic).
+* Two routes, one contract. The **fast route** takes data laid out as PCL writes it (single spaces, ``\n``
+  line ends, JSON-style numbers, ``nan``/``inf``): the section is rewritten byte for byte into a JSON array
+  and tokenized by simdjson (pysimdjson, also behind :mod:`~playment_torch.formats.masks`), ~3x faster than
+  numpy's tokenizer, then checked with whole-array operations (values per line, integer spellings, ``-0``).
+  Anything else, and every error, takes the **exact route**: numpy's C tokenizer per field type, whose
+  error names the line at fault. ``tests/test_pcd_ascii_fast.py`` requires the two to agree bit for bit.
 * Bytes must not end inside the last value (see :func:`read_pcd`): a cut download is an error, not a cloud.
 """
 
