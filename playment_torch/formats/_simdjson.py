@@ -9,8 +9,8 @@ change what they accept.
 A parser keeps its buffers (about five times the largest document it parsed) and is not safe to use from two
 threads at once, nor again while a document from it is alive. So parsers are lent out from a small pool:
 taken for one parse, returned after it, and at most :data:`_POOL_SIZE` are kept between calls, only if the
-documents they parsed were at most :data:`_KEEP_BELOW` bytes (a 240k-point ASCII cloud is ~15 MB; keeping
-a parser sized for it holds ~75 MB, a larger one would hold more for the life of the process).
+documents they parsed were at most :data:`_KEEP_BELOW` bytes: a kept parser holds its buffers for the life of
+the process. (ASCII PCDs are parsed in 1 MiB chunks, masks are ~0.3 MB: kept parsers stay a few MB.)
 """
 
 from __future__ import annotations
