@@ -15,8 +15,17 @@ points (the ``binary`` layout), so a ``binary`` file maps onto its bytes without
 ASCII decoding:
 
 * Values are exact: integers keep their full 64 bits, float64 values are correctly rounded, and float32 values
-  round as a direct decimal -> float32 parse does (numpy's own float32 parse rounds twice).
-* numpy's C tokenizer does the parsing (per field type); an error names the line at fault.
+  round as a direct decimal -> float32 parse does (numpy's own float32 parse rounds twice). float32 fields are
+  parsed to float64 and cast; the cast can only differ from a direct parse where the float64 value is exactly
+  a float32 rounding midpoint (float64 keeps 29 more bits, and rounding is monotonic), so those rare values
+  are found by their bits and settled from their decimal text (``tests/test_pcd_ascii_fast.py`` checks the
+  claim against exact rational arithmetic).
+* Two routes, one contract. The **fast route** takes data laid out as PCL writes it (single spaces, ``\n``
+  line ends, JSON-style numbers, ``nan``/``inf``): the section is rewritten byte for byte into a JSON array
+  and tokenized by simdjson (pysimdjson, also behind :mod:`~playment_torch.formats.masks`), ~3x faster than
+  numpy's tokenizer, then checked with whole-array operations (values per line, integer spellings, ``-0``).
+  Anything else, and every error, takes the **exact route**: numpy's C tokenizer per field type, whose
+  error names the line at fault. ``tests/test_pcd_ascii_fast.py`` requires the two to agree bit for bit.
 * Bytes must not end inside the last value (see :func:`read_pcd`): a cut download is an error, not a cloud.
 """
 
@@ -710,11 +719,269 @@ _FLOAT_TOKEN = re.compile(
 
 
 def _decode_ascii(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
+    if header.points == 0:
+        return np.zeros(0, dtype=header.dtype())  # whatever follows the header is trailing bytes, ignored like PCL
+    data = _decode_ascii_fast(buf, header)
+    return data if data is not None else _decode_ascii_exact(buf, header)
+
+
+# JSON-significant bytes that would change what a data section means if simdjson were shown them: JSON
+# whitespace other than the two separators (numpy reads "\r" as a line break), and "[" (nested arrays, which
+# as_buffer would flatten; "]" is an error without it). A comma would be an extra separator: the counts of
+# spaces and line breaks checked below leave no room for one. Other bytes make simdjson refuse the document
+# by themselves (syntax errors, or strings, objects and literals, which as_buffer refuses).
+_OFF_FAST_ROUTE = (b"\t", b"\r", b"[")
+_FLOAT64_EXACT_INTS = 2.0**53  # integers below this are exact in float64, above it may have been rounded
+
+
+# Bytes of ASCII data decoded at a time. Chunks bound the memory a decode holds besides the cloud (a few
+# copies of one chunk, and a simdjson parser sized for one chunk, ~5 MB, where a whole 15 MB section needs
+# ~75 MB); measured on the 240k-point scan, 1 MiB chunks decode as fast as one piece, while chunks under
+# 128 KiB are slower (the per-chunk Python and numpy call overhead starts to count).
+_CHUNK = 1 << 20
+
+
+def _decode_ascii_fast(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray | None:
+    """Decode the data section as PCL writes it, with simdjson as the number tokenizer; ``None`` otherwise.
+
+    The route applies to a data section of exactly POINTS lines, each of its values as JSON numbers (or
+    ``nan``/``inf``) separated by single spaces, every line ending in ``\\n``: what PCL, this module and most
+    writers produce. Anything else (tabs, runs of spaces, CRLF, blank lines, rows after the POINTS rows,
+    ``+1``, ``.5``, ``007``, ``NaN``, out-of-range values, a missing final line break, errors of any kind)
+    returns ``None`` and takes the exact route, which decides what the file means and words its errors. So
+    this route must never accept a file the exact route refuses, nor give other values;
+    ``tests/test_pcd_ascii_fast.py`` compares the two.
+
+    simdjson parses every number to float64, correctly rounded (as numpy's parser does), so float64 fields are
+    exact; float32 fields go through :func:`_to_float32` like the exact route's; integer fields are checked to
+    be integer tokens in range, and the rare 8-byte values beyond 2**53 are re-read from their text. The
+    section is decoded in chunks of whole lines (:data:`_CHUNK` bytes).
+    """
+    n = header.points
+    ncols = sum(header.counts)
+    start = header.data_offset
+    end = len(buf)
+    if end - start < 2 * n * ncols or buf[-1] != 0x0A:
+        return None  # too short for POINTS rows, or no final "\n"
+    kinds = np.array([t for t, c in zip(header.types, header.counts, strict=True) for _ in range(c)])
+    data = np.empty(n, dtype=header.dtype())
+    row = 0
+    while start < end:
+        stop = end if end - start <= _CHUNK else buf.rfind(b"\n", start, start + _CHUNK) + 1
+        if stop <= start:  # a line longer than a chunk: take it whole
+            stop = buf.find(b"\n", start + _CHUNK) + 1
+        rows = _decode_chunk(bytes(buf[start:stop]), header, kinds, data, row)
+        if rows is None:
+            return None
+        row += rows
+        start = stop
+    return data if row == n else None
+
+
+def _decode_chunk(chunk: bytes, header: PCDHeader, kinds: np.ndarray, data: np.ndarray, row: int) -> int | None:
+    """Decode whole lines ``chunk`` into ``data[row:]``; the number of rows, or ``None`` (see the caller)."""
+    from playment_torch.formats._simdjson import number_buffer
+
+    ncols = kinds.size
+    if any(chunk.find(byte) >= 0 for byte in _OFF_FAST_ROUTE):  # memchr scans
+        return None
+    # Both separators become commas (bytes.replace: a tight loop per byte, twice as fast as translate); "["
+    # and "0]" around them make a JSON array (the extra zero is dropped below).
+    text = chunk.replace(b" ", b",").replace(b"\n", b",")
+    # nan and inf (as PCL writes them, for points without a return) are not JSON: spelled "0.0" (same length)
+    # for simdjson, they are found again below and given their values. (Both words hold an "n": one memchr
+    # scan clears most chunks.)
+    specials = []
+    if chunk.find(b"n") >= 0:
+        specials = [(word, value) for word, value in _SPECIALS if chunk.find(word) >= 0]
+    for word, _ in specials:
+        text = text.replace(word, b"0.0")
+    parsed = number_buffer(b"".join((b"[", text, b"0]")), "d")
+    if parsed is None or (parsed.size - 1) % ncols:
+        return None
+    values = parsed[:-1]
+    rows = values.size // ncols
+    if rows == 0 or row + rows > data.shape[0]:
+        return None  # (more rows than POINTS: the exact route reads POINTS rows and ignores the rest)
+    # ends[v] is the separator after value v (row-major). JSON refused empty values, so separators are single.
+    chars = np.frombuffer(text, dtype=np.uint8)
+    ends = np.flatnonzero(chars == ord(","))
+    original = np.frombuffer(chunk, dtype=np.uint8)
+    # Each line holds exactly ncols values: every ncols-th separator is a line break, and the rest are spaces.
+    # (The rows * ncols separators count rows line breaks at those places and rows * (ncols - 1) spaces: none
+    # is left for another line break, nor for a comma of the file's own.)
+    if ends.size != values.size or not (original[ends[ncols - 1 :: ncols]] == ord("\n")).all():
+        return None
+    if np.count_nonzero(original == ord(" ")) != rows * (ncols - 1):
+        return None
+    before = np.empty(values.size, dtype=np.intp)  # the separator before each value (-1: the chunk's start)
+    before[0] = -1
+    before[1:] = ends[:-1]
+    # simdjson reads the JSON integer "-0" as the integer 0: find such values (usually none) among the zeros.
+    zeros = np.flatnonzero(values == 0)
+    negative_zeros = zeros[chars[before[zeros] + 1] == ord("-")]
+    if negative_zeros.size:
+        if np.any(kinds[negative_zeros % ncols] != "F"):
+            return None  # an error in an unsigned field, 0 in a signed one: the exact route decides
+        values[negative_zeros] = -0.0
+    for word, value in specials:
+        where = _whole_tokens(original, chars, word)
+        if where is None:
+            return None  # "1nan" or "nanx": not a value, though its JSON spelling may parse
+        index = np.searchsorted(ends, where)
+        if np.any(kinds[index % ncols] != "F"):
+            return None  # an error in an integer field
+        values[index] = np.copysign(value, values[index])  # "-nan" and "-inf" read as -0.0: keep the sign
+    integer_columns = np.flatnonzero(kinds != "F")
+    if integer_columns.size:
+        # An exponent can make an integral value as long as its integer spelling ("1e2" for 100): refuse
+        # exponents in integer fields. Most chunks have none or a few (found by memchr), some have many.
+        exponents = _positions(chunk, b"e") + _positions(chunk, b"E")
+        if len(exponents) > _FEW:
+            exponents = np.flatnonzero((original == ord("e")) | (original == ord("E"))).tolist()
+        if exponents and np.isin(np.searchsorted(ends, exponents) % ncols, integer_columns).any():
+            return None
+    table = values.reshape(rows, ncols)
+    before_table, ends_table = before.reshape(rows, ncols), ends.reshape(rows, ncols)
+    column = 0
+    for name, type_, size, count in zip(header.fields, header.types, header.sizes, header.counts, strict=True):
+        block = table[:, column : column + count]
+        spans = (chars, before_table[:, column : column + count], ends_table[:, column : column + count])
+        field = data[name][row : row + rows].reshape(rows, count)  # a view: results go into the cloud
+        if type_ == "F" and size == 4:
+            _to_float32(block, functools.partial(_json_token, *spans), out=field)
+        elif type_ == "F":
+            field[...] = block
+        else:
+            integers = _integer_block(block, *spans, type_, size)
+            if integers is None:
+                return None
+            field[...] = integers
+        column += count
+    return rows
+
+
+_SPECIALS = ((b"nan", np.nan), (b"inf", np.inf))
+# The integers spelled with d digits are [_DIGITS_LOW[d], _DIGITS_HIGH[d]): 10**k is exact in float64 up to
+# 10**22, and a uint64 has at most 20 digits. Index 0 (no digits) and 21 (too many) hold empty ranges.
+_DIGITS_LOW = np.array([np.inf, 0.0] + [10.0 ** (d - 1) for d in range(2, 21)] + [np.inf])
+_DIGITS_HIGH = np.array([-np.inf] + [10.0**d for d in range(1, 21)] + [-np.inf])
+
+
+def _whole_tokens(original: np.ndarray, chars: np.ndarray, word: bytes) -> np.ndarray | None:
+    """Where ``word`` (three letters) starts in ``original``; ``None`` unless each is a whole value.
+
+    A whole value starts the chunk or follows a separator (a comma in ``chars``, where separators are
+    commas), or a minus sign placed so, and is followed by a separator.
+    """
+    size = original.size
+    hits = np.ones(size - 2, dtype=bool)
+    for k, letter in enumerate(word):
+        hits &= original[k : size - 2 + k] == letter
+    where = np.flatnonzero(hits)
+    if where.size == 0 or where[-1] + 3 >= size:
+        return None
+    padded = np.concatenate((np.array([ord(","), ord(",")], dtype=np.uint8), chars))  # a separator before
+    before = padded[where + 1]
+    signed = before == ord("-")
+    whole = (chars[where + 3] == ord(",")) & ((before == ord(",")) | (signed & (padded[where] == ord(","))))
+    return where if whole.all() else None
+
+
+_FEW = 64  # up to this many hits, bytes.find (memchr) beats a whole-buffer numpy pass
+
+
+def _positions(data: bytes, needle: bytes) -> list[int]:
+    """Offsets of the first ``_FEW + 1`` occurrences of ``needle`` in ``data``."""
+    found: list[int] = []
+    at = data.find(needle)
+    while at >= 0 and len(found) <= _FEW:
+        found.append(at)
+        at = data.find(needle, at + 1)
+    return found
+
+
+def _integer_block(
+    block: np.ndarray, text: np.ndarray, before: np.ndarray, ends: np.ndarray, type_: str, size: int
+) -> np.ndarray | None:
+    """An integer field's values from their float64 parse, or ``None`` for the exact route to judge.
+
+    The exact route accepts integer tokens only (``1.0`` is an error there). JSON integers have no leading
+    zeros, so a value's text is its integer spelling exactly when it is as long as that spelling (digits, and
+    a minus sign): a ``.`` makes it longer, and exponents were refused by the caller. ``-0`` never gets here
+    (the caller sends it to the exact route). Values beyond 2**53 may have been rounded by the float64 parse
+    and are re-read from their text.
+    """
+    low, high = (0, 2 ** (8 * size) - 1) if type_ == "U" else (-(2 ** (8 * size - 1)), 2 ** (8 * size - 1) - 1)
+    if block.min() < low or block.max() > high:
+        return None  # (as floats: a value just beyond an 8-byte range may round onto it, and is re-read below)
+    digits = ends - before
+    digits -= 1
+    if type_ == "U":  # all values are >= 0 now: no sign
+        magnitude = block
+    else:
+        magnitude = np.abs(block)
+        digits -= block < 0
+    # A value of d digits lies in [10**(d-1), 10**d) (0 has one digit); lengths past the table fit nothing.
+    digits = np.minimum(digits, _DIGITS_LOW.size - 1)
+    spelled = (magnitude >= _DIGITS_LOW[digits]) & (magnitude < _DIGITS_HIGH[digits])
+    if size == 8:
+        spelled |= magnitude >= _FLOAT64_EXACT_INTS  # rounded values: their text is read below
+    if not spelled.all():
+        return None
+    dtype = np.dtype(_PCD_TO_NUMPY[(type_, size)])
+    if size < 8:
+        return block.astype(dtype)
+    flat = block.ravel()
+    with np.errstate(invalid="ignore"):  # values past 2**63 do not cast to int64: they are replaced below
+        result = flat.astype(dtype)
+    big = np.flatnonzero(magnitude.ravel() >= _FLOAT64_EXACT_INTS)
+    if big.size:
+        exact = _read_integers(text, before.ravel()[big] + 1, ends.ravel()[big], signed=type_ == "I")
+        if exact is None:
+            return None
+        result[big] = exact
+    return result.reshape(block.shape)
+
+
+def _read_integers(text: np.ndarray, first: np.ndarray, end: np.ndarray, *, signed: bool) -> np.ndarray | None:
+    """Read the integer tokens ``text[first:end]`` exactly (8-byte values, e.g. nanosecond timestamps).
+
+    Digit by digit in uint64, which holds every value simdjson let through (it refuses integers beyond
+    uint64 and below int64). ``None`` when a token holds anything but an optional minus and digits, or a
+    value does not fit the field.
+    """
+    negative = text[first] == ord("-")
+    position = first + negative
+    if np.any(end - position > 20) or np.any(end <= position):
+        return None
+    value = np.zeros(first.size, dtype=np.uint64)
+    ten = np.uint64(10)
+    for _ in range(int((end - position).max())):
+        more = position < end
+        digit = text[np.minimum(position, end - 1)].astype(np.uint64) - np.uint64(ord("0"))
+        if np.any(more & (digit > 9)):  # (uint64: characters below "0" wrap around to huge values)
+            return None
+        value = np.where(more, value * ten + digit, value)
+        position += more
+    if not signed:
+        return None if negative.any() else value
+    limit = np.where(negative, np.uint64(2**63), np.uint64(2**63 - 1))
+    if np.any(value > limit):
+        return None
+    return np.where(negative, (~value + np.uint64(1)).view(np.int64), value.view(np.int64))
+
+
+def _json_token(text: np.ndarray, before: np.ndarray, ends: np.ndarray, row: int, k: int) -> bytes:
+    """The text of value ``k`` of a field in row ``row`` on the fast route (rare: float32 midpoints only)."""
+    return text[before[row, k] + 1 : ends[row, k]].tobytes()
+
+
+def _decode_ascii_exact(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
+    """The exact ASCII route (numpy's C tokenizer): every file the fast route passes on, and every error."""
     dtype = header.dtype()
     n = header.points
     start = header.data_offset
-    if n == 0:
-        return np.zeros(0, dtype=dtype)  # whatever follows the header is trailing bytes, ignored like PCL does
     if _NON_SPACE.search(buf, start) is None:
         raise _ascii_error(buf, header, None)
     ncols = sum(header.counts)
@@ -762,9 +1029,12 @@ def _decode_ascii(buf: bytes | bytearray, header: PCDHeader) -> np.ndarray:
 
 
 _FLOAT32_OVERFLOW = 2.0**128 - 2.0**103  # decimals from here up round to inf in float32
+_FLOAT32_TINY_BITS = np.array(2.0**-126).view(np.uint64)  # the bits of float32's smallest normal, as float64
 
 
-def _to_float32(values: np.ndarray, token: Callable[[int, int], bytes]) -> np.ndarray:
+def _to_float32(
+    values: np.ndarray, token: Callable[[int, int], bytes], out: np.ndarray | None = None
+) -> np.ndarray:
     """Round float64 values parsed from decimals to float32 as a direct decimal -> float32 parse would.
 
     A float64 rounding of a decimal can only mislead the cast when it lands exactly on the midpoint of two
@@ -774,27 +1044,41 @@ def _to_float32(values: np.ndarray, token: Callable[[int, int], bytes]) -> np.nd
     Args:
         values: ``(N,)`` or ``(N, COUNT)`` float64 values, as parsed.
         token: ``token(row, k)``: the decimal text of value ``k`` of row ``row`` (error path only).
+        out: A float32 array of ``values``' shape to write into (a field of the cloud), or ``None``.
 
     Returns:
-        The float32 array, correctly rounded from the decimals.
+        The float32 array (``out`` when given), correctly rounded from the decimals.
     """
-    values = np.ascontiguousarray(values, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        result = values.astype(np.float32)  # beyond float32's range: inf, as a direct parse gives
-    magnitude = np.abs(values)
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, as a direct parse gives
+        if out is None:
+            result = values.astype(np.float32)
+        else:
+            result = out
+            result[...] = values
+    # A cheap pass over the bits keeps the few values that may be midpoints: in the normal float32 range the
+    # 29 float64 mantissa bits below float32's read exactly "1000...0" at a midpoint; below that range (where
+    # float32 is evenly spaced) every nonzero value is kept. (A same-size view works on strided arrays too.)
     bits = values.view(np.uint64)
+    maybe = ((bits & np.uint64(0x1FFFFFFF)) == np.uint64(0x10000000)) | (
+        (bits & np.uint64(0x7FFFFFFFFFFFFFFF)) - np.uint64(1) < _FLOAT32_TINY_BITS - np.uint64(1)  # 0 wraps around
+    )
+    kept = np.nonzero(maybe)
+    subset = values[kept]
+    magnitude = np.abs(subset)
     with np.errstate(invalid="ignore", over="ignore"):
-        # Normal float32 range: 29 float64 mantissa bits below float32's, exactly "1000...0" at a midpoint (up
-        # to the midpoint between the largest float32 and the next power of two, where rounding overflows).
+        # Normal range, up to the midpoint between the largest float32 and the next power of two (where
+        # rounding overflows).
         normal = (
             (magnitude >= 2.0**-126)
             & (magnitude <= _FLOAT32_OVERFLOW)
-            & ((bits & np.uint64(0x1FFFFFFF)) == np.uint64(0x10000000))
+            & ((subset.view(np.uint64) & np.uint64(0x1FFFFFFF)) == np.uint64(0x10000000))
         )
         # Below it float32 is evenly spaced by 2**-149: a midpoint is an odd multiple of 2**-150.
         scaled = magnitude * 2.0**149
         tiny = (magnitude < 2.0**-126) & (scaled - np.floor(scaled) == 0.5)
-    candidates = np.argwhere(np.isfinite(values) & (normal | tiny))
+    chosen = np.isfinite(subset) & (normal | tiny)
+    candidates = np.stack([axis[chosen] for axis in kept], axis=1)
     for where in candidates:
         index = tuple(int(i) for i in where)
         midpoint = Fraction(float(values[index]))
@@ -900,5 +1184,5 @@ def _ascii_token_fits(token: bytes, type_: str, size: int) -> bool:
     value = int(token)
     bits = 8 * size
     if type_ == "U":
-        return 0 <= value < 2**bits
+        return 0 <= value < 2**bits and not token.startswith(b"-")  # numpy refuses "-0" for unsigned
     return -(2 ** (bits - 1)) <= value < 2 ** (bits - 1)
