@@ -142,11 +142,17 @@ def test_valid_masks_take_the_fast_route(keys: list[int], space: str) -> None:
     assert_same_contract(body)
 
 
-@pytest.mark.parametrize("bad", BAD_TOKENS)
-@pytest.mark.parametrize("where", ["alone", "first", "middle", "last"])
+@pytest.mark.parametrize(
+    ("bad", "where"),
+    # An empty token alone is "[]", the empty mask, which is valid.
+    [
+        (bad, where)
+        for bad in BAD_TOKENS
+        for where in ("alone", "first", "middle", "last")
+        if (bad, where) != ("", "alone")
+    ],
+)
 def test_every_refused_token_is_refused_by_both_routes(bad: str, where: str) -> None:
-    if where == "alone" and bad == "":
-        pytest.skip("[] is the empty mask")
     tokens = {"alone": [bad], "first": [bad, "1", "2"], "middle": ["1", bad, "2"], "last": ["1", "2", bad]}[where]
     body = ("[" + ",".join(tokens) + "]").encode()
     if bad in ("[]", "[1]"):  # nested arrays: refused, though simdjson's as_buffer flattens them
