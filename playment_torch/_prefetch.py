@@ -92,28 +92,53 @@ def _can_fork() -> bool:
 def _fetch_here(
     store: FrameStore, positions: Sequence[int], threads: int, on_progress: Callable[[int], None]
 ) -> FetchOutcome:
+    """Fetch with threads in this process: a frame's point cloud and mask are separate tasks, so a thread
+    never waits on one file's round trips before starting the other's (with 50 ms per request a frame is four
+    round trips); the lengths are checked once both are in."""
     outcome = FetchOutcome()
-    lock = threading.Lock()
+    tasks = [(position, record) for position in positions for record in store.records(position)]
+    kept = threading.Event()
 
-    def load(position: int) -> None:
+    def fetch(task: tuple[int, int]) -> tuple[bool, int, PlaymentError | None]:
+        position, record = task
         try:
-            downloaded = store.ensure(position)
+            downloaded, length = store.ensure_record(position, record)
         except PlaymentError as exc:
-            with lock:
-                if outcome.failures:
-                    # A traceback holds its frames' locals, download bodies included: only the first failure
-                    # keeps its tracebacks; a project failing systematically keeps its errors' messages.
-                    _lighten(exc)
-                outcome.failures.append((position, exc))
-            return
-        if downloaded:
-            with lock:
-                outcome.downloaded.append(position)
+            if kept.is_set():
+                # A traceback holds its frames' locals, download bodies included: only the first failure keeps
+                # its tracebacks; a project failing systematically keeps its errors' messages.
+                _lighten(exc)
+            kept.set()
+            return False, -1, exc
+        return downloaded, length, None
 
     with ThreadPoolExecutor(threads) as pool:
-        for _ in pool.map(load, positions):
+        results = pool.map(fetch, tasks)  # in task order: a frame's records are adjacent
+        pending: list[tuple[bool, int, PlaymentError | None]] = []
+        for (position, record), result in zip(tasks, results, strict=True):
+            pending.append(result)
+            if record != store.records(position)[-1]:
+                continue
+            _finish(store, position, pending, outcome)
+            pending = []
             on_progress(1)
     return outcome
+
+
+def _finish(
+    store: FrameStore, position: int, records: list[tuple[bool, int, PlaymentError | None]], outcome: FetchOutcome
+) -> None:
+    """Record a frame whose records are all fetched: a failure (the first record's first), or a success."""
+    error = next((failure for _, _, failure in records if failure is not None), None)
+    if error is None and len(records) == 2:
+        try:
+            store.check_lengths(position, points=records[0][1], keys=records[1][1])
+        except PlaymentError as exc:
+            error = exc
+    if error is not None:
+        outcome.failures.append((position, error))
+    elif any(downloaded for downloaded, _, _ in records):
+        outcome.downloaded.append(position)
 
 
 def _fetch_forked(

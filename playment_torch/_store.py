@@ -39,10 +39,12 @@ from playment_torch.formats.masks import label_keys, read_mask
 from playment_torch.formats.pcd import read_pcd
 from playment_torch.index import FrameIndex
 
-__all__ = ["FrameStore", "Loaded", "compact_keys", "select_fields"]
+__all__ = ["MASK", "POINTS", "FrameStore", "Loaded", "compact_keys", "select_fields"]
 
 # A frame's two records, as indices into FrameStore._key_of and columns of its digest memo.
 _POINTS, _MASK = 0, 1
+#: The records of a frame, as :meth:`FrameStore.ensure_record` names them.
+POINTS, MASK = _POINTS, _MASK
 
 
 @dataclass(frozen=True)
@@ -229,15 +231,22 @@ class FrameStore:
         url = self.index.pointcloud_urls[position] if legacy else self.index.mask_urls[position]
 
         def decode(body: bytes) -> np.ndarray:
-            keys = label_keys(read_pcd(body, copy=False).data) if legacy else read_mask(body)
-            return compact_keys(keys)
+            return compact_keys(label_keys(read_pcd(body, copy=False).data)) if legacy else _decode_mask(body)
 
         mask = self._get_or_download(position, _MASK, url, decode, private=True)
-        if len(mask) != points:
-            raise PlaymentFormatError(
-                f"{self.where(position)}: the mask has {len(mask)} label keys but the point cloud has {points} points"
-            )
+        self.check_lengths(position, points=points, keys=len(mask))
         return mask
+
+    def check_lengths(self, position: int, *, points: int, keys: int) -> None:
+        """Raise unless a frame's mask has one label key per point.
+
+        Raises:
+            PlaymentFormatError: The lengths differ (the message names the frame and both lengths).
+        """
+        if keys != points:
+            raise PlaymentFormatError(
+                f"{self.where(position)}: the mask has {keys} label keys but the point cloud has {points} points"
+            )
 
     def ensure(self, position: int) -> bool:
         """Make sure a frame's records are cached (prefetch).
@@ -252,6 +261,35 @@ class FrameStore:
         points = self.points(position)
         self.mask(position, len(points))
         return self._downloads_in_this_thread() > before
+
+    def records(self, position: int) -> tuple[int, ...]:
+        """The records of a frame that :meth:`ensure_record` can fetch independently: points and mask, or only
+        the points for a legacy frame (its one file fills both records)."""
+        return (POINTS,) if self.index.legacy[position] else (POINTS, MASK)
+
+    def ensure_record(self, position: int, record: int) -> tuple[bool, int]:
+        """Make sure one record of a frame is cached, without waiting for the other: prefetch fetches a frame's
+        point cloud and mask at once, then checks their lengths with :meth:`check_lengths`.
+
+        Args:
+            position: The frame.
+            record: ``POINTS`` or ``MASK`` (see :meth:`records`).
+
+        Returns:
+            Whether it had to be downloaded, and its length (points, or label keys).
+
+        Raises:
+            PlaymentError: The record could not be loaded (for a legacy frame's points: either record).
+        """
+        before = self._downloads_in_this_thread()
+        if record == POINTS:
+            length = len(self.points(position))
+            if self.index.legacy[position]:
+                self.mask(position, length)
+        else:
+            url = self.index.mask_urls[position]
+            length = len(self._get_or_download(position, _MASK, url, _decode_mask, private=True))
+        return self._downloads_in_this_thread() > before, length
 
     # ------------------------------------------------------------------------------------------- plumbing
 
@@ -387,6 +425,11 @@ def select_fields(data: np.ndarray, point_fields: Sequence[str], where: str) -> 
         out[:, at : at + width] = data[name].reshape(len(data), width)
         at += width
     return out
+
+
+def _decode_mask(body: bytes) -> np.ndarray:
+    """A JSON mask's label keys, compact (the mask record)."""
+    return compact_keys(read_mask(body))
 
 
 def compact_keys(keys: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import sys
@@ -168,21 +169,21 @@ def test_a_worker_process_that_dies_fails_its_frames_and_nothing_hangs(server, t
 
     add_synthetic_project(server, n_jobs=2, frames_per_job=3, points_per_frame=10_000, seed=8)
     ds = _fresh(server, tmp_path / "c", on_error="skip")
-    real = FrameStore.ensure
+    real = FrameStore.ensure_record
 
-    def ensure(self: FrameStore, position: int) -> bool:
+    def ensure_record(self: FrameStore, position: int, record: int) -> tuple[bool, int]:
         if position == 1:
             os._exit(3)  # the worker holding frame 1 is killed (as by the OOM killer)
-        return real(self, position)
+        return real(self, position, record)
 
-    monkeypatch.setattr(FrameStore, "ensure", ensure)
+    monkeypatch.setattr(FrameStore, "ensure_record", ensure_record)
     started = time.monotonic()
     report = ds.prefetch(num_threads=2, processes=2)
     assert time.monotonic() - started < 60
     # Positions are split 0,2,4 / 1,3,5: the second worker's frames fail, saying why; the first's load.
     assert report.failed == [1, 3, 5]
     assert all("died (exit code 3)" in reason for _, _, reason in report.failures)
-    monkeypatch.setattr(FrameStore, "ensure", real)
+    monkeypatch.setattr(FrameStore, "ensure_record", real)
     assert ds.prefetch(num_threads=2, processes=1).failures == []
 
 
@@ -221,3 +222,26 @@ def test_a_smaller_file_table_never_shrinks_the_shared_file(tmp_path) -> None:
     assert table.stat().st_size == size == 32 << 20
     for i in range(0, 1 << 20, 4096):  # touch every page of the big mapping: still there
         big._files.find(i)
+
+
+def test_a_frames_point_cloud_and_mask_are_fetched_at_once(server, tmp_path) -> None:
+    add_synthetic_project(server, n_jobs=1, frames_per_job=1, points_per_frame=10_000, seed=12)
+    ds = _fresh(server, tmp_path / "c")
+    server.latency = 0.5  # each of a frame's four requests (two redirects, two GETs) waits this long
+    started = time.monotonic()
+    report = ds.prefetch(num_threads=2, processes=1)
+    elapsed = time.monotonic() - started
+    assert report.downloaded == 1 and report.failures == []
+    # One after the other the four round trips take 2 s; at once, two (generous bound for a loaded machine).
+    assert elapsed < 1.8, elapsed
+    np.testing.assert_array_equal(ds[0].labels.numpy(), ds._store.load(0).labels)
+
+
+def test_a_mask_of_another_length_fails_its_frame_in_prefetch(server, tmp_path) -> None:
+    frames = add_synthetic_project(server, n_jobs=1, frames_per_job=2, points_per_frame=10_000, seed=13)[0].frames
+    ds = _fresh(server, tmp_path / "c", on_error="skip")
+    points = len(frames[1].points)
+    server.put_file(ds.frames[1].mask_url, json.dumps([0] * (points - 5)).encode())
+    report = ds.prefetch(num_threads=2, processes=1)
+    assert report.failed == [1]
+    assert f"the mask has {points - 5} label keys but the point cloud has {points} points" in report.failures[0][2]
