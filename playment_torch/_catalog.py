@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from playment_torch._columns import JobColumns, Unusual, columns_of, read_columns
 from playment_torch.cache import ArrayCache, cache_key
 from playment_torch.client import PlaymentClient
 from playment_torch.errors import (
@@ -313,7 +314,7 @@ class Catalog:
             with self._bar(len(jobs), "indexing jobs", "job") as bar:
                 for job in jobs:
                     try:
-                        builder.add(self._parse(job), job.digest, result_url=job.result_url)
+                        builder.add_columns(self._parse(job), job.digest, result_url=job.result_url)
                     except PlaymentError as exc:
                         if self.on_error == "raise":
                             raise
@@ -553,8 +554,13 @@ class Catalog:
             logger.warning("cached index %s is unreadable (%s); building it again", key, exc)
             return None
 
-    def _parse(self, job: ResolvedJob) -> JobResult:
-        """The parsed result of a resolved job, from the cached bytes (downloaded again if evicted)."""
+    def _parse(self, job: ResolvedJob) -> JobColumns:
+        """A resolved job's result as the index's columns, from the cached bytes (downloaded again if evicted).
+
+        The bulk reader (:func:`~playment_torch._columns.read_columns`) handles the common shape of a result
+        without a Python object per annotation; anything else takes the validating parser, whose errors name
+        the JSON path of the problem.
+        """
         key = self._result_key(job.job_id, job.result_url)
         data = self.cache.get_array(key, metadata=True)
         if data is None:
@@ -574,12 +580,16 @@ class Catalog:
                     data = np.frombuffer(body, dtype=np.uint8)
                     self.cache.put_array(key, data, metadata=True)
         try:
+            return read_columns(data, job_id=job.job_id)
+        except Unusual:
+            pass
+        try:
             payload = json.loads(data.tobytes())
         except (ValueError, UnicodeDecodeError) as exc:
             raise PlaymentFormatError(
                 f"job {job.job_id}: the result at {redact_url(job.result_url)} is not JSON: {exc}"
             ) from exc
-        return JobResult.from_api(payload, project_id=self.project_id, job_id=job.job_id)
+        return columns_of(JobResult.from_api(payload, project_id=self.project_id, job_id=job.job_id))
 
 
 class _Missing(Exception):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from playment_torch._columns import JobColumns, columns_of
 from playment_torch.errors import redact_url
 from playment_torch.geometry import Camera, Pose
 from playment_torch.labels import ClassMap, map_keys
@@ -27,7 +28,6 @@ __all__ = ["FrameIndex", "IndexBuilder", "StringTable"]
 #: Version of :meth:`FrameIndex.to_bytes`'s layout (and of how an index is derived from results): part of the
 #: cache key of a cached index, so a change here never reads an index of another layout.
 INDEX_FORMAT = 2
-_NAN_POSE = np.full(7, np.nan)
 _LUT_COLUMNS = ("lut_keys", "lut_classes", "lut_instances", "lut_labels")
 _STRING_COLUMNS = ("frame_ids", "sensor_ids", "pointcloud_urls", "mask_urls")
 
@@ -120,12 +120,6 @@ class StringTable(Sequence[str]):
     @property
     def nbytes(self) -> int:
         return self._heads.nbytes + int(self._head_ids.nbytes) + self._tails.nbytes
-
-
-def _pose_vector(pose: Pose | None) -> np.ndarray:
-    if pose is None:
-        return _NAN_POSE
-    return np.array((*pose.rotation, *pose.translation), dtype=np.float64)
 
 
 def _rotation_basis() -> tuple[np.ndarray, np.ndarray]:
@@ -509,50 +503,57 @@ class IndexBuilder:
             digest: Identifies the result's content (a relabelled job gets a new one).
             result_url: Where the result came from (kept without its signature parameters).
         """
+        self.add_columns(columns_of(result), digest, result_url=result_url)
+
+    def add_columns(self, job: JobColumns, digest: str, *, result_url: str = "") -> None:
+        """Append one job's frames from its columns (see :func:`playment_torch._columns.read_columns`).
+
+        Args:
+            job: The job's result as columns.
+            digest: Identifies the result's content (a relabelled job gets a new one).
+            result_url: Where the result came from (kept without its signature parameters).
+        """
         job_number = len(self.jobs)
-        tracks: dict[str, int] = {}
-        for entry in result.labels:
-            if entry.track_id and entry.track_id not in tracks:
-                tracks[entry.track_id] = len(tracks)
         info = JobInfo(
-            result.job_id,
+            job.job_id,
             digest,
-            result.cameras,
-            _intrinsics(result.cameras),
-            tuple(tracks),
+            job.cameras,
+            _intrinsics(job.cameras),
+            job.tracks,
             redact_url(result_url) if result_url else "",
         )
         self.jobs.append(info)
-        self._skipped += len(result.skipped_frames)
-        frames = result.frames
-        count = len(frames)
+        self._skipped += job.skipped
+        count = len(job)
         columns = self._columns
         columns["job"].append(np.full(count, job_number, dtype=np.int32))
-        columns["position"].append(np.array([f.frame_index for f in frames], dtype=np.int32))
-        columns["legacy"].append(np.array([f.legacy for f in frames], dtype=bool))
-        columns["ego"].append(np.array([_pose_vector(f.ego_pose) for f in frames], dtype=np.float64).reshape(-1, 7))
-        columns["cams"].append(
-            np.array([_pose_vector(p) for f in frames for p in f.camera_poses], dtype=np.float64).reshape(-1, 7)
-        )
-        columns["ncam"].append(np.array([len(f.camera_poses) for f in frames], dtype=np.int64))
-        self._strings["frame_ids"].extend([f.frame_id for f in frames])
-        self._strings["sensor_ids"].extend([f.sensor_id for f in frames])
-        self._strings["pointcloud_urls"].extend([f.pointcloud_url for f in frames])
-        self._strings["mask_urls"].extend([f.mask_url for f in frames])
-        tables = np.empty(count, dtype=np.int32)
+        columns["position"].append(job.positions.astype(np.int32, copy=False))
+        columns["legacy"].append(job.legacy.astype(bool, copy=False))
+        columns["ego"].append(job.ego_poses.reshape(-1, 7))
+        columns["cams"].append(job.camera_poses.reshape(-1, 7))
+        columns["ncam"].append(np.full(count, len(job.cameras), dtype=np.int64))
+        self._strings["frame_ids"].extend(job.frame_ids)
+        self._strings["sensor_ids"].extend(job.sensor_ids)
+        self._strings["pointcloud_urls"].extend(job.pointcloud_urls)
+        self._strings["mask_urls"].extend(job.mask_urls)
+        # The job's pairs join the project-wide table in their order of first appearance, as they always did.
         pairs = self._pairs
-        for i, frame in enumerate(frames):
-            ordered = sorted(frame.labels, key=lambda e: e.label_key)
-            keys = np.array([e.label_key for e in ordered], dtype=np.int64)
-            labels = np.array([pairs.setdefault((e.label, e.class_id), len(pairs)) for e in ordered], dtype=np.int32)
-            instances = np.array([tracks.get(e.track_id, -1) if e.track_id else -1 for e in ordered], dtype=np.int32)
+        glob = np.array([pairs.setdefault(pair, len(pairs)) for pair in job.pair_names], dtype=np.int32)
+        labels = glob[job.pairs] if len(job.pairs) else np.zeros(0, dtype=np.int32)
+        keys = job.keys.astype(np.int64, copy=False)
+        instances = job.instances.astype(np.int32, copy=False)
+        offsets = job.row_offsets
+        tables = np.empty(count, dtype=np.int32)
+        for i in range(count):
+            start, stop = int(offsets[i]), int(offsets[i + 1])
             # Instance ids index the job's own tracks and labels a project-wide table, so equal bytes mean
             # equal lookups in any job: frames share one table.
-            signature = keys.tobytes() + b"|" + labels.tobytes() + b"|" + instances.tobytes()
+            frame_keys, frame_labels, frame_instances = keys[start:stop], labels[start:stop], instances[start:stop]
+            signature = frame_keys.tobytes() + b"|" + frame_labels.tobytes() + b"|" + frame_instances.tobytes()
             table = self._table_ids.get(signature)
             if table is None:
                 table = self._table_ids[signature] = len(self._tables)
-                self._tables.append((keys, instances, labels))
+                self._tables.append((frame_keys.copy(), frame_instances.copy(), frame_labels.copy()))
             tables[i] = table
         columns["table"].append(tables)
 
