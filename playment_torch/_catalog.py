@@ -679,7 +679,10 @@ class FrameCacheReport:
 
 
 def cache_report(index: FrameIndex, cache: ArrayCache, frame_keys: Callable[[int], Sequence[str]]) -> FrameCacheReport:
-    """Check, frame by frame, whether the cache can serve it without the network.
+    """Check whether the cache can serve each frame without the network, every frame's records at once.
+
+    One bulk existence check (:meth:`ArrayCache.contains_many`: a few ``IN`` queries per thousand keys) rather
+    than a query per key, which took over 5 s for the 200,000 records of a 100,000-frame dataset.
 
     Args:
         index: The frames.
@@ -689,14 +692,13 @@ def cache_report(index: FrameIndex, cache: ArrayCache, frame_keys: Callable[[int
     Returns:
         Per job counts and one flag per frame.
     """
-    cached = np.zeros(len(index), dtype=bool)
-    present: Any = cache
-    if 4 * len(cache) < len(index):
-        # A cache much smaller than the dataset (most frames missing): one scan of its keys beats a query per
-        # frame. A scan costs ~0.2 ms a key (diskcache pages through them 100 at a time), a query ~0.1 ms.
-        present = set(cache.keys())
-    for position in range(len(index)):
-        cached[position] = all(key in present for key in frame_keys(position))
+    per_frame = [frame_keys(position) for position in range(len(index))]
+    counts = np.fromiter(map(len, per_frame), dtype=np.int64, count=len(per_frame))
+    keys = [key for frame in per_frame for key in frame]
+    present = cache.contains_many(keys)
+    # A frame is cached when none of its keys is missing.
+    owner = np.repeat(np.arange(len(index)), counts)
+    cached = np.bincount(owner, weights=~present, minlength=len(index)) == 0
     counts_total = np.bincount(index.frame_job, minlength=len(index.jobs))
     counts_cached = np.bincount(index.frame_job[cached], minlength=len(index.jobs))
     jobs = [
