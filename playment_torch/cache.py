@@ -1099,15 +1099,19 @@ def _present_keys(directory: Path, keys: list[str]) -> set[str]:
     reader = _ReadOnlyCache(directory)
     try:
         now = time.time()
+        live = "(expire_time IS NULL OR expire_time > ?)"
+        rows = reader._rows("SELECT count(*) FROM Cache")
+        if not rows or rows[0][0] <= 4 * len(keys):
+            # Not much more in the table than asked for: one scan of its keys is cheaper than looking each up.
+            wanted = set(keys)
+            scanned = reader._rows(f"SELECT key FROM Cache WHERE raw = 1 AND {live}", (now,))
+            return {key for (key,) in scanned if key in wanted}
         found: set[str] = set()
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
             # As diskcache's __contains__: string keys are stored raw, and an expired row is no entry.
-            query = (
-                f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks})"
-                " AND (expire_time IS NULL OR expire_time > ?)"
-            )
+            query = f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks}) AND {live}"
             found.update(key for (key,) in reader._rows(query, (*chunk, now)))
         return found
     finally:
@@ -1515,7 +1519,8 @@ class ArrayCache:
 
         A query per key costs ~25 us (diskcache's ``__contains__``), 5 s for the 200,000 records of a
         100,000-frame dataset. This reads each store's table (diskcache's schema, as the read-only stand-in
-        does) through one read-only connection, 500 keys per ``IN`` query over its ``(key, raw)`` index. Should
+        does) through one read-only connection: one scan of its keys when it holds at most four times as many
+        rows as asked for, else 500 keys per ``IN`` query over its ``(key, raw)`` index. Should
         that fail (a damaged database), it falls back to ``key in cache`` one key at a time, whose recovery
         moves the damaged database aside.
 
