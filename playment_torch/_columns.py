@@ -152,7 +152,8 @@ class JobColumns:
         pointcloud_urls: Each item's point cloud.
         mask_urls: Each item's mask.
         ego_poses: ``(F, 7)`` normalised ``(w, x, y, z, tx, ty, tz)``.
-        camera_poses: ``(F * K, 7)``, one row per item and camera (NaN where the frame gives no pose).
+        camera_poses: One row per item and camera, item by item (NaN where the frame gives no pose).
+        camera_counts: Each item's number of camera poses (the job's cameras, for a parsed result).
         legacy: One flag per item.
         row_offsets: ``(F + 1,)``: item ``f``'s label rows are ``row_offsets[f]:row_offsets[f + 1]``.
         keys: Label keys, sorted within each item.
@@ -172,6 +173,7 @@ class JobColumns:
     mask_urls: Sequence[str]
     ego_poses: np.ndarray
     camera_poses: np.ndarray
+    camera_counts: np.ndarray
     legacy: np.ndarray
     row_offsets: np.ndarray
     keys: np.ndarray
@@ -215,6 +217,7 @@ def columns_of(result: JobResult) -> JobColumns:
         camera_poses=np.array([_pose_vector(p) for f in frames for p in f.camera_poses], dtype=np.float64).reshape(
             -1, 7
         ),
+        camera_counts=np.array([len(f.camera_poses) for f in frames], dtype=np.int64),
         legacy=np.array([f.legacy for f in frames], dtype=bool),
         row_offsets=_offsets(lengths),
         keys=np.array(keys, dtype=np.int64),
@@ -339,6 +342,7 @@ class _Reader:
             mask_urls=[url for _, _, url in items],
             ego_poses=vectors[np.array(ego_rows, dtype=np.int64)],
             camera_poses=vectors[np.array(camera_rows, dtype=np.int64)],
+            camera_counts=np.full(len(items), len(cameras), dtype=np.int64),
             legacy=np.zeros(len(items), dtype=bool),
             row_offsets=offsets,
             keys=keys,

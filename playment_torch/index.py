@@ -531,7 +531,7 @@ class IndexBuilder:
         columns["legacy"].append(job.legacy.astype(bool, copy=False))
         columns["ego"].append(job.ego_poses.reshape(-1, 7))
         columns["cams"].append(job.camera_poses.reshape(-1, 7))
-        columns["ncam"].append(np.full(count, len(job.cameras), dtype=np.int64))
+        columns["ncam"].append(job.camera_counts.astype(np.int64, copy=False))
         self._strings["frame_ids"].extend(job.frame_ids)
         self._strings["sensor_ids"].extend(job.sensor_ids)
         self._strings["pointcloud_urls"].extend(job.pointcloud_urls)
