@@ -323,9 +323,10 @@ class Catalog:
                         warnings.warn(f"skipping job {job.job_id}: {exc}", RuntimeWarning, stacklevel=4)
                     bar.update(1)
             index = builder.finish()
+            del builder  # its parts: the index's size again, for a large project
             if not failed:
                 # An index missing a job that failed to parse is not cached: the next run warns again.
-                self.cache.put_array(key, np.frombuffer(index.to_bytes(), dtype=np.uint8), metadata=True)
+                self.cache.put_array(key, index.to_array(), metadata=True)
             return index
 
     def index_key(self, jobs: Sequence[ResolvedJob]) -> str:

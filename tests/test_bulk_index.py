@@ -295,3 +295,17 @@ def test_catalog_errors_are_the_validating_parsers(tmp_path: Any, payload: Any, 
     assert isinstance(expected, str)
     if not isinstance(payload, bytes):
         assert expected == f"PlaymentFormatError: {raised.value}"
+
+
+def test_index_archive_as_array_reads_back_in_place() -> None:
+    builder = IndexBuilder("p")
+    for n in range(3):
+        builder.add_columns(read_columns(json.dumps(small_result(4, 5)).encode(), job_id=f"j{n}"), f"d{n}")
+    index = builder.finish()
+    data = index.to_bytes()
+    array = index.to_array()
+    assert array.dtype == np.uint8 and array.tobytes() == data
+    for source in (data, array, np.frombuffer(bytearray(data), dtype=np.uint8)):
+        assert FrameIndex.from_bytes(source).to_bytes() == data
+    with pytest.raises(ValueError):
+        FrameIndex.from_bytes(data[: len(data) // 2])
