@@ -21,6 +21,18 @@ measured processes' memory is the dataset's alone. Each case runs in a fresh pro
 
 Wall and CPU seconds (user + system of the process, all threads), peak RSS (``VmHWM``), RSS after construction
 with the index alive, and the index's own bytes. At the end, a linear extrapolation to 1,000,000 frames.
+
+``--fill-frames`` also writes a one-byte record under every frame's two cache keys before the offline case, so
+that the offline check finds every frame present (the cache a finished prefetch leaves), instead of none.
+
+``--direct`` measures a project too large to host in the fake server's memory (1,000,000 frames is 10,000
+results of 2-3 MiB): it writes the records a cold construction leaves (each job's API JSON, its generated
+result file's bytes and digest) straight into the cache, from results generated job by job, and the server
+holds only the listing. It then measures, each in a fresh process: the first construction (the listing from
+the server, every job from the cache, the index built from the 10,000 cached results: a cold construction's
+CPU without the downloads), a warm one (the cached index) and an offline one::
+
+    python benchmarks/bench_scale.py --direct --jobs 10000 --frames 100 --keys 83
 """
 
 from __future__ import annotations
@@ -55,15 +67,23 @@ def rss_mib(field: str) -> float:
 # ----------------------------------------------------------------------------------------------- the server
 
 
-def serve(conn: Any, jobs: int, frames: int, keys: int) -> None:
-    """The fake server, in its own process, answering commands from the parent over a pipe."""
-    from large_results import add_large_jobs
+def serve(conn: Any, jobs: int, frames: int, keys: int, listing_only: bool = False) -> None:
+    """The fake server, in its own process, answering commands from the parent over a pipe.
+
+    ``listing_only``: the jobs' results are empty placeholders (the cache holds the real ones, see ``--direct``).
+    """
+    from large_results import add_large_jobs, job_ids
 
     from playment_torch.testing.server import FakePlaymentServer
 
     with FakePlaymentServer(page_size=100) as server:
         started = time.perf_counter()
-        add_large_jobs(server, jobs, frames=frames, keys=keys, batches=max(1, jobs // 500))
+        if listing_only:
+            batch_ids = [server.add_batch(f"batch {b}") for b in range(max(1, jobs // 500))]
+            for n, job_id in enumerate(job_ids(jobs)):
+                server.add_job({"sensor_data": {"frames": []}}, job_id=job_id, batch_id=batch_ids[n % len(batch_ids)])
+        else:
+            add_large_jobs(server, jobs, frames=frames, keys=keys, batches=max(1, jobs // 500))
         conn.send(
             {
                 "url": server.url,
@@ -96,7 +116,13 @@ def serve(conn: Any, jobs: int, frames: int, keys: int) -> None:
 
 
 def child_main(spec: dict[str, Any]) -> None:
-    """Construct the dataset once in this fresh process and print what it cost, as JSON."""
+    """Run one step in this fresh process and print what it cost, as JSON."""
+    if spec.get("step") == "populate":
+        populate(spec)
+        return
+    if spec.get("step") == "fill":
+        fill_frames(spec)
+        return
     from playment_torch.client import PlaymentClient
     from playment_torch.dataset import PlaymentSegmentationDataset
 
@@ -132,6 +158,76 @@ def child_main(spec: dict[str, Any]) -> None:
     )
 
 
+def no_client() -> Any:
+    raise RuntimeError("this step never uses the network")
+
+
+def populate(spec: dict[str, Any]) -> None:
+    """Write the records a cold construction leaves in the cache, from results generated job by job.
+
+    Each job gets its API JSON (completed, with a result URL), its result file's bytes and their digest,
+    under the catalog's own keys, exactly as :class:`~playment_torch._catalog.Catalog` writes them after a
+    download. Nothing else: the listing is asked from the server and the index is built by the measured run.
+    """
+    import numpy as np
+    from large_results import job_ids, large_result_bytes, result_template
+
+    from playment_torch._catalog import _JOB, Catalog, _digest
+    from playment_torch.cache import ArrayCache, cache_key
+    from playment_torch.testing.server import PLAYMENT_STORAGE
+
+    project_id = spec["project_id"]
+    cache = ArrayCache(spec["cache"])
+    catalog = Catalog(project_id, cache=cache, client=no_client)  # only its key functions are used
+    template = result_template(spec["frames"], spec["keys"])
+    total = 0
+    for job_id in job_ids(spec["jobs"]):
+        body = large_result_bytes(template, job_id)
+        url = f"{PLAYMENT_STORAGE}/{project_id}/results/{job_id}/generated.json"
+        payload = {
+            "data": {"project_id": project_id, "job_id": job_id, "status": "completed", "result": url},
+            "success": True,
+        }
+        now = time.time()
+        cache.put_json(cache_key(_JOB, project_id=project_id, job_id=job_id), {"fetched_at": now, "payload": payload})
+        cache.put_array(catalog._result_key(job_id, url), np.frombuffer(body, dtype=np.uint8), metadata=True)
+        record = {"fetched_at": now, "digest": _digest(body), "bytes": len(body)}
+        cache.put_json(catalog._digest_key(job_id, url), record)
+        total += len(body)
+    print(json.dumps({"result_bytes": total}))
+
+
+def fill_frames(spec: dict[str, Any]) -> None:
+    """Put a one-byte record under every frame's cache keys: the cache a finished prefetch leaves (in size, not
+    content), so that the offline case checks every frame present."""
+    import numpy as np
+
+    from playment_torch._catalog import Catalog, Refresh
+    from playment_torch._store import FrameStore
+    from playment_torch.cache import ArrayCache
+
+    cache = ArrayCache(spec["cache"])
+    catalog = Catalog(spec["project_id"], cache=cache, client=no_client, refresh=Refresh.NEVER)
+    index = catalog.open(None, None)
+    # The dataset's default point fields: the same keys its offline check looks for.
+    store = FrameStore(
+        index,
+        cache,
+        no_client,
+        point_fields=("x", "y", "z", "intensity"),
+        ignore_index=-100,
+        offline=True,
+        count=lambda **_: None,
+    )
+    one = np.zeros(1, dtype=np.uint8)
+    count = 0
+    for position in range(len(index)):
+        for key in store.keys(position):
+            cache.put_array(key, one)
+            count += 1
+    print(json.dumps({"records": count}))
+
+
 def run_child(spec: dict[str, Any]) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
@@ -156,6 +252,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--keys", type=int, default=83)
     parser.add_argument("--skip-concurrent", action="store_true")
+    parser.add_argument("--fill-frames", action="store_true", help="offline case: every frame's records present")
+    parser.add_argument("--direct", action="store_true", help="write the cold run's records instead of running it")
+    parser.add_argument("--skip-offline", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -165,7 +264,7 @@ def main() -> None:
     frames = args.jobs * args.frames
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    server = context.Process(target=serve, args=(child, args.jobs, args.frames, args.keys), daemon=True)
+    server = context.Process(target=serve, args=(child, args.jobs, args.frames, args.keys, args.direct), daemon=True)
     server.start()
     info = parent.recv()
     print(f"project: {args.jobs} jobs x {args.frames} frames = {frames:,} frames, {args.keys} label keys a frame")
@@ -173,19 +272,41 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     base = {"url": info["url"], "key": info["key"], "project_id": info["project_id"]}
     rows: list[tuple[str, dict[str, Any], str]] = []
+    cold: dict[str, Any] | None = None
     try:
         cache = str(work / "cache")
         parent.send("clear")
         parent.recv()
-        cold = result_of(run_child({**base, "cache": cache, "refresh": "if_missing"}))
-        parent.send("counts")
-        counts = parent.recv()
-        rows.append(("cold (empty cache)", cold, f"{counts['routes'].get('job', 0)} job calls"))
+        if args.direct:
+            started = time.perf_counter()
+            spec = {**base, "cache": cache, "step": "populate", "jobs": args.jobs, "frames": args.frames}
+            written = result_of(run_child({**spec, "keys": args.keys}))
+            print(
+                f"(cache populated directly with {args.jobs} results, {written['result_bytes'] / 2**30:.2f} GiB, "
+                f"in {time.perf_counter() - started:.0f} s)"
+            )
+            first = result_of(run_child({**base, "cache": cache, "refresh": "if_missing"}))
+            parent.send("counts")
+            counts = parent.recv()
+            note = f"index built from the cached results; {counts['routes'].get('attachments', 0)} downloads"
+            rows.append(("first (cached results, no index)", first, note))
+        else:
+            cold = result_of(run_child({**base, "cache": cache, "refresh": "if_missing"}))
+            parent.send("counts")
+            counts = parent.recv()
+            rows.append(("cold (empty cache)", cold, f"{counts['routes'].get('job', 0)} job calls"))
         warm = result_of(run_child({**base, "cache": cache, "refresh": "if_missing"}))
         rows.append(("warm (refresh='if_missing')", warm, "listing + cached index"))
-        offline = result_of(run_child({**base, "cache": cache, "refresh": "never"}))
-        rows.append(("offline (refresh='never')", offline, "no request"))
-        if not args.skip_concurrent:
+        if not args.skip_offline:
+            note = "no request"
+            if args.fill_frames:
+                started = time.perf_counter()
+                filled = result_of(run_child({**base, "cache": cache, "step": "fill"}))
+                print(f"(wrote {filled['records']:,} frame records in {time.perf_counter() - started:.0f} s)")
+                note = f"no request; checks {filled['records']:,} frame records, all present"
+            offline = result_of(run_child({**base, "cache": cache, "refresh": "never"}))
+            rows.append(("offline (refresh='never')", offline, note))
+        if not args.skip_concurrent and not args.direct:
             shared = str(work / "shared")
             parent.send("clear")
             parent.recv()
@@ -209,19 +330,20 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print("| case | wall s | CPU s | peak RSS MiB | RSS after MiB | index MiB | notes |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("| case | wall s | CPU s | CPU ms/job | peak RSS MiB | RSS after MiB | index MiB | notes |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     for name, r, note in rows:
         print(
-            f"| {name} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['peak_rss']:.0f} | {r['rss_after']:.0f} | "
-            f"{r['index_mib']:.1f} | {note} |"
+            f"| {name} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['cpu'] / max(r['jobs'], 1) * 1e3:.1f} | "
+            f"{r['peak_rss']:.0f} | {r['rss_after']:.0f} | {r['index_mib']:.1f} | {note} |"
         )
-    scale = 1_000_000 / frames
-    print()
-    print(
-        f"Extrapolated linearly to 1,000,000 frames ({scale:.0f}x): cold CPU ~{cold['cpu'] * scale / 60:.1f} min, "
-        f"warm ~{warm['wall'] * scale:.1f} s, index ~{cold['index_mib'] * scale:.0f} MiB per rank"
-    )
+    if cold is not None and frames < 1_000_000:
+        scale = 1_000_000 / frames
+        print()
+        print(
+            f"Extrapolated linearly to 1,000,000 frames ({scale:.0f}x): cold CPU ~{cold['cpu'] * scale / 60:.1f} min, "
+            f"warm ~{warm['wall'] * scale:.1f} s, index ~{cold['index_mib'] * scale:.0f} MiB per rank"
+        )
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from playment_torch._columns import JobColumns, Unusual, columns_of, read_columns
 from playment_torch.cache import ArrayCache, cache_key
 from playment_torch.client import PlaymentClient
 from playment_torch.errors import (
@@ -313,7 +314,7 @@ class Catalog:
             with self._bar(len(jobs), "indexing jobs", "job") as bar:
                 for job in jobs:
                     try:
-                        builder.add(self._parse(job), job.digest, result_url=job.result_url)
+                        builder.add_columns(self._parse(job), job.digest, result_url=job.result_url)
                     except PlaymentError as exc:
                         if self.on_error == "raise":
                             raise
@@ -322,9 +323,10 @@ class Catalog:
                         warnings.warn(f"skipping job {job.job_id}: {exc}", RuntimeWarning, stacklevel=4)
                     bar.update(1)
             index = builder.finish()
+            del builder  # its parts: the index's size again, for a large project
             if not failed:
                 # An index missing a job that failed to parse is not cached: the next run warns again.
-                self.cache.put_array(key, np.frombuffer(index.to_bytes(), dtype=np.uint8), metadata=True)
+                self.cache.put_array(key, index.to_array(), metadata=True)
             return index
 
     def index_key(self, jobs: Sequence[ResolvedJob]) -> str:
@@ -553,8 +555,13 @@ class Catalog:
             logger.warning("cached index %s is unreadable (%s); building it again", key, exc)
             return None
 
-    def _parse(self, job: ResolvedJob) -> JobResult:
-        """The parsed result of a resolved job, from the cached bytes (downloaded again if evicted)."""
+    def _parse(self, job: ResolvedJob) -> JobColumns:
+        """A resolved job's result as the index's columns, from the cached bytes (downloaded again if evicted).
+
+        The bulk reader (:func:`~playment_torch._columns.read_columns`) handles the common shape of a result
+        without a Python object per annotation; anything else takes the validating parser, whose errors name
+        the JSON path of the problem.
+        """
         key = self._result_key(job.job_id, job.result_url)
         data = self.cache.get_array(key, metadata=True)
         if data is None:
@@ -574,12 +581,16 @@ class Catalog:
                     data = np.frombuffer(body, dtype=np.uint8)
                     self.cache.put_array(key, data, metadata=True)
         try:
+            return read_columns(data, job_id=job.job_id)
+        except Unusual:
+            pass
+        try:
             payload = json.loads(data.tobytes())
         except (ValueError, UnicodeDecodeError) as exc:
             raise PlaymentFormatError(
                 f"job {job.job_id}: the result at {redact_url(job.result_url)} is not JSON: {exc}"
             ) from exc
-        return JobResult.from_api(payload, project_id=self.project_id, job_id=job.job_id)
+        return columns_of(JobResult.from_api(payload, project_id=self.project_id, job_id=job.job_id))
 
 
 class _Missing(Exception):
@@ -669,7 +680,10 @@ class FrameCacheReport:
 
 
 def cache_report(index: FrameIndex, cache: ArrayCache, frame_keys: Callable[[int], Sequence[str]]) -> FrameCacheReport:
-    """Check, frame by frame, whether the cache can serve it without the network.
+    """Check whether the cache can serve each frame without the network, every frame's records at once.
+
+    One bulk existence check (:meth:`ArrayCache.contains_many`: a few ``IN`` queries per thousand keys) rather
+    than a query per key, which took over 5 s for the 200,000 records of a 100,000-frame dataset.
 
     Args:
         index: The frames.
@@ -679,14 +693,13 @@ def cache_report(index: FrameIndex, cache: ArrayCache, frame_keys: Callable[[int
     Returns:
         Per job counts and one flag per frame.
     """
-    cached = np.zeros(len(index), dtype=bool)
-    present: Any = cache
-    if 4 * len(cache) < len(index):
-        # A cache much smaller than the dataset (most frames missing): one scan of its keys beats a query per
-        # frame. A scan costs ~0.2 ms a key (diskcache pages through them 100 at a time), a query ~0.1 ms.
-        present = set(cache.keys())
-    for position in range(len(index)):
-        cached[position] = all(key in present for key in frame_keys(position))
+    per_frame = [frame_keys(position) for position in range(len(index))]
+    counts = np.fromiter(map(len, per_frame), dtype=np.int64, count=len(per_frame))
+    keys = [key for frame in per_frame for key in frame]
+    present = cache.contains_many(keys)
+    # A frame is cached when none of its keys is missing.
+    owner = np.repeat(np.arange(len(index)), counts)
+    cached = np.bincount(owner, weights=~present, minlength=len(index)) == 0
     counts_total = np.bincount(index.frame_job, minlength=len(index.jobs))
     counts_cached = np.bincount(index.frame_job[cached], minlength=len(index.jobs))
     jobs = [

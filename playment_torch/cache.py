@@ -84,7 +84,7 @@ import time
 import warnings
 import weakref
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -1212,6 +1212,38 @@ class _Store:
         return removed
 
 
+def _has(key: str, cache: Any) -> bool:
+    return key in cache
+
+
+def _present_keys(directory: Path, keys: list[str]) -> set[str]:
+    """Which of ``keys`` have a live row in the diskcache table in ``directory`` (see ArrayCache.contains_many).
+
+    Raises:
+        sqlite3.Error: the database cannot be read.
+    """
+    reader = _ReadOnlyCache(directory)
+    try:
+        now = time.time()
+        live = "(expire_time IS NULL OR expire_time > ?)"
+        rows = reader._rows("SELECT count(*) FROM Cache")
+        if not rows or rows[0][0] <= 4 * len(keys):
+            # Not much more in the table than asked for: one scan of its keys is cheaper than looking each up.
+            wanted = set(keys)
+            scanned = reader._rows(f"SELECT key FROM Cache WHERE raw = 1 AND {live}", (now,))
+            return {key for (key,) in scanned if key in wanted}
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            # As diskcache's __contains__: string keys are stored raw, and an expired row is no entry.
+            query = f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks}) AND {live}"
+            found.update(key for (key,) in reader._rows(query, (*chunk, now)))
+        return found
+    finally:
+        reader.close()
+
+
 class ArrayCache:
     """A process-safe disk cache of numpy arrays and JSON values.
 
@@ -1714,6 +1746,33 @@ class ArrayCache:
 
     def __len__(self) -> int:
         return sum(int(store.call("len", len)) for store in self._stores())
+
+    def contains_many(self, keys: Sequence[str]) -> np.ndarray:
+        """Whether an entry exists for each of ``keys``: ``key in cache`` for many keys at once.
+
+        A query per key costs ~25 us (diskcache's ``__contains__``), 5 s for the 200,000 records of a
+        100,000-frame dataset. This reads each store's table (diskcache's schema, as the read-only stand-in
+        does) through one read-only connection: one scan of its keys when it holds at most four times as many
+        rows as asked for, else 500 keys per ``IN`` query over its ``(key, raw)`` index. Should
+        that fail (a damaged database), it falls back to ``key in cache`` one key at a time, whose recovery
+        moves the damaged database aside.
+
+        Args:
+            keys: The keys.
+
+        Returns:
+            One flag per key, in order (integrity is checked only when an entry is read).
+        """
+        wanted = list(dict.fromkeys(keys))
+        present: set[str] = set()
+        for store in self._stores():
+            try:
+                present |= _present_keys(store.directory, wanted)
+            except sqlite3.Error:
+                for key in wanted:
+                    if key not in present and store.call("contains", functools.partial(_has, key)):
+                        present.add(key)
+        return np.fromiter((key in present for key in keys), dtype=bool, count=len(keys))
 
     def keys(self) -> Iterator[str]:
         """Iterate over the keys present when called (in key order; a key holding both kinds appears once).

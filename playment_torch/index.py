@@ -12,11 +12,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from playment_torch._columns import JobColumns, columns_of
 from playment_torch.errors import redact_url
 from playment_torch.geometry import Camera, Pose
 from playment_torch.labels import ClassMap, map_keys
@@ -27,7 +30,6 @@ __all__ = ["FrameIndex", "IndexBuilder", "StringTable"]
 #: Version of :meth:`FrameIndex.to_bytes`'s layout (and of how an index is derived from results): part of the
 #: cache key of a cached index, so a change here never reads an index of another layout.
 INDEX_FORMAT = 2
-_NAN_POSE = np.full(7, np.nan)
 _LUT_COLUMNS = ("lut_keys", "lut_classes", "lut_instances", "lut_labels")
 _STRING_COLUMNS = ("frame_ids", "sensor_ids", "pointcloud_urls", "mask_urls")
 
@@ -120,12 +122,6 @@ class StringTable(Sequence[str]):
     @property
     def nbytes(self) -> int:
         return self._heads.nbytes + int(self._head_ids.nbytes) + self._tails.nbytes
-
-
-def _pose_vector(pose: Pose | None) -> np.ndarray:
-    if pose is None:
-        return _NAN_POSE
-    return np.array((*pose.rotation, *pose.translation), dtype=np.float64)
 
 
 def _rotation_basis() -> tuple[np.ndarray, np.ndarray]:
@@ -286,9 +282,7 @@ class FrameIndex:
         )
         self.lut_classes = pair_classes[self.lut_labels] if len(self.lut_labels) else np.zeros(0, dtype=np.int32)
 
-    def to_bytes(self) -> bytes:
-        """Serialise the index (everything but the class indices) for the cache: an ``.npz`` archive whose
-        metadata is JSON, so that reading it back never unpickles anything from a shared directory."""
+    def _archive(self) -> io.BytesIO:
         arrays: dict[str, np.ndarray] = {}
         for name, value in vars(self).items():
             if name == "lut_classes":
@@ -317,7 +311,17 @@ class FrameIndex:
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
         out = io.BytesIO()
         np.savez(out, **arrays)  # type: ignore[arg-type]
-        return out.getvalue()
+        return out
+
+    def to_bytes(self) -> bytes:
+        """Serialise the index (everything but the class indices) for the cache: an ``.npz`` archive whose
+        metadata is JSON, so that reading it back never unpickles anything from a shared directory."""
+        return self._archive().getvalue()
+
+    def to_array(self) -> np.ndarray:
+        """What :meth:`to_bytes` gives, as a uint8 array over the archive's own buffer: one copy of a
+        1,000,000-frame index (250 MiB) fewer while it is written to the cache."""
+        return np.frombuffer(self._archive().getbuffer(), dtype=np.uint8)
 
     @classmethod
     def from_bytes(cls, data: bytes | np.ndarray) -> FrameIndex:
@@ -326,9 +330,14 @@ class FrameIndex:
         Raises:
             ValueError: the bytes are not an index of this format version.
         """
-        buffer = io.BytesIO(data.tobytes() if isinstance(data, np.ndarray) else data)
-        with np.load(buffer, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+        # Read in place: a copy of the whole archive would double a large index's memory while it loads.
+        view = np.ascontiguousarray(data).data if isinstance(data, np.ndarray) else memoryview(data)
+        buffer = _MemoryFile(view.cast("B"))
+        try:
+            with np.load(buffer, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+        except zipfile.BadZipFile as exc:
+            raise ValueError(f"not an index archive: {exc}") from exc
         meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
         if meta.get("version") != INDEX_FORMAT:
             raise ValueError(f"index format {meta.get('version')!r}, expected {INDEX_FORMAT}")
@@ -452,6 +461,37 @@ class FrameIndex:
         return total
 
 
+class _MemoryFile(io.RawIOBase):
+    """A read-only, seekable file over a buffer, without copying it (``io.BytesIO`` copies anything but
+    ``bytes``)."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._view[self._position : self._position + len(buffer)]
+        size = len(chunk)
+        memoryview(buffer).cast("B")[:size] = chunk
+        self._position += size
+        return size
+
+
 class _StringColumn:
     """A :class:`StringTable` grown job by job: per job a few numpy arrays, never one object per string."""
 
@@ -528,50 +568,57 @@ class IndexBuilder:
             digest: Identifies the result's content (a relabelled job gets a new one).
             result_url: Where the result came from (kept without its signature parameters).
         """
+        self.add_columns(columns_of(result), digest, result_url=result_url)
+
+    def add_columns(self, job: JobColumns, digest: str, *, result_url: str = "") -> None:
+        """Append one job's frames from its columns (see :func:`playment_torch._columns.read_columns`).
+
+        Args:
+            job: The job's result as columns.
+            digest: Identifies the result's content (a relabelled job gets a new one).
+            result_url: Where the result came from (kept without its signature parameters).
+        """
         job_number = len(self.jobs)
-        tracks: dict[str, int] = {}
-        for entry in result.labels:
-            if entry.track_id and entry.track_id not in tracks:
-                tracks[entry.track_id] = len(tracks)
         info = JobInfo(
-            result.job_id,
+            job.job_id,
             digest,
-            result.cameras,
-            _intrinsics(result.cameras),
-            tuple(tracks),
+            job.cameras,
+            _intrinsics(job.cameras),
+            job.tracks,
             redact_url(result_url) if result_url else "",
         )
         self.jobs.append(info)
-        self._skipped += len(result.skipped_frames)
-        frames = result.frames
-        count = len(frames)
+        self._skipped += job.skipped
+        count = len(job)
         columns = self._columns
         columns["job"].append(np.full(count, job_number, dtype=np.int32))
-        columns["position"].append(np.array([f.frame_index for f in frames], dtype=np.int32))
-        columns["legacy"].append(np.array([f.legacy for f in frames], dtype=bool))
-        columns["ego"].append(np.array([_pose_vector(f.ego_pose) for f in frames], dtype=np.float64).reshape(-1, 7))
-        columns["cams"].append(
-            np.array([_pose_vector(p) for f in frames for p in f.camera_poses], dtype=np.float64).reshape(-1, 7)
-        )
-        columns["ncam"].append(np.array([len(f.camera_poses) for f in frames], dtype=np.int64))
-        self._strings["frame_ids"].extend([f.frame_id for f in frames])
-        self._strings["sensor_ids"].extend([f.sensor_id for f in frames])
-        self._strings["pointcloud_urls"].extend([f.pointcloud_url for f in frames])
-        self._strings["mask_urls"].extend([f.mask_url for f in frames])
-        tables = np.empty(count, dtype=np.int32)
+        columns["position"].append(job.positions.astype(np.int32, copy=False))
+        columns["legacy"].append(job.legacy.astype(bool, copy=False))
+        columns["ego"].append(job.ego_poses.reshape(-1, 7))
+        columns["cams"].append(job.camera_poses.reshape(-1, 7))
+        columns["ncam"].append(job.camera_counts.astype(np.int64, copy=False))
+        self._strings["frame_ids"].extend(job.frame_ids)
+        self._strings["sensor_ids"].extend(job.sensor_ids)
+        self._strings["pointcloud_urls"].extend(job.pointcloud_urls)
+        self._strings["mask_urls"].extend(job.mask_urls)
+        # The job's pairs join the project-wide table in their order of first appearance, as they always did.
         pairs = self._pairs
-        for i, frame in enumerate(frames):
-            ordered = sorted(frame.labels, key=lambda e: e.label_key)
-            keys = np.array([e.label_key for e in ordered], dtype=np.int64)
-            labels = np.array([pairs.setdefault((e.label, e.class_id), len(pairs)) for e in ordered], dtype=np.int32)
-            instances = np.array([tracks.get(e.track_id, -1) if e.track_id else -1 for e in ordered], dtype=np.int32)
+        glob = np.array([pairs.setdefault(pair, len(pairs)) for pair in job.pair_names], dtype=np.int32)
+        labels = glob[job.pairs] if len(job.pairs) else np.zeros(0, dtype=np.int32)
+        keys = job.keys.astype(np.int64, copy=False)
+        instances = job.instances.astype(np.int32, copy=False)
+        offsets = job.row_offsets
+        tables = np.empty(count, dtype=np.int32)
+        for i in range(count):
+            start, stop = int(offsets[i]), int(offsets[i + 1])
             # Instance ids index the job's own tracks and labels a project-wide table, so equal bytes mean
             # equal lookups in any job: frames share one table.
-            signature = keys.tobytes() + b"|" + labels.tobytes() + b"|" + instances.tobytes()
+            frame_keys, frame_labels, frame_instances = keys[start:stop], labels[start:stop], instances[start:stop]
+            signature = frame_keys.tobytes() + b"|" + frame_labels.tobytes() + b"|" + frame_instances.tobytes()
             table = self._table_ids.get(signature)
             if table is None:
                 table = self._table_ids[signature] = len(self._tables)
-                self._tables.append((keys, instances, labels))
+                self._tables.append((frame_keys.copy(), frame_instances.copy(), frame_labels.copy()))
             tables[i] = table
         columns["table"].append(tables)
 
@@ -584,7 +631,9 @@ class IndexBuilder:
         index.skipped_frames = self._skipped
 
         def joined(name: str, dtype: type, shape: tuple[int, ...] = ()) -> np.ndarray:
-            parts = self._columns[name]
+            # Each column's parts are let go as soon as they are joined: a large index is built with little
+            # more than its own size in memory.
+            parts, self._columns[name] = self._columns[name], []
             return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros((0, *shape), dtype=dtype)
 
         index.frame_job = joined("job", np.int32)
@@ -594,8 +643,10 @@ class IndexBuilder:
         index.camera_poses = joined("cams", np.float64, (7,))
         index.camera_offsets = np.concatenate([[0], np.cumsum(joined("ncam", np.int64))]).astype(np.int64)
         index.frame_table = joined("table", np.int32)
-        for name, column in self._strings.items():
+        for name in _STRING_COLUMNS:
+            column, self._strings[name] = self._strings[name], _StringColumn()
             setattr(index, name, column.finish())
+            del column
         lengths = np.array([len(t[0]) for t in self._tables], dtype=np.int64)
         index.lut_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         # Keys stay int64 (any integer Playment sends); the rest fits int32, which keeps a big index small.

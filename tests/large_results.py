@@ -106,9 +106,17 @@ def add_large_jobs(
     """
     template = result_template(frames, keys)
     batch_ids = [server.add_batch(f"batch {b}") for b in range(batches)]
-    ids = []
-    for n in range(n_jobs):
-        job_id = str(uuid.UUID(int=(seed << 64) + n + 1, version=4))
+    ids = job_ids(n_jobs, seed=seed)
+    for n, job_id in enumerate(ids):
         server.add_job(large_result(template, job_id), job_id=job_id, batch_id=batch_ids[n % batches])
-        ids.append(job_id)
     return sorted(ids)
+
+
+def job_ids(n_jobs: int, *, seed: int = 0) -> list[str]:
+    """The ids :func:`add_large_jobs` gives its jobs, in the order it adds them."""
+    return [str(uuid.UUID(int=(seed << 64) + n + 1, version=4)) for n in range(n_jobs)]
+
+
+def large_result_bytes(template: str, job_id: str) -> bytes:
+    """The template's result for ``job_id`` as the file's bytes (what the server would send)."""
+    return template.replace(_JOB, job_id).encode()
