@@ -24,6 +24,7 @@ API key. URLs are stripped of their query strings by :func:`redact_url` before t
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from typing import Any
 
@@ -98,6 +99,13 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+# scheme://host[:port][/path] with nothing url_identity would change beyond lower-casing scheme and host.
+_SIMPLE_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<host>[A-Za-z0-9._-]+)(?::(?P<port>[1-9][0-9]{0,4}))?"
+    r"(?P<path>/[A-Za-z0-9._~!$&'()*+,;=:/-]*)?"
+)
+
+
 def url_identity(url: str) -> str:
     """Return the identity of the content ``url`` names: the URL without its *signature* parameters.
 
@@ -118,6 +126,13 @@ def url_identity(url: str) -> str:
         ``scheme://host[:port]/path[?kept=params]``; a string that does not parse as a URL is returned as
         :func:`redact_url` returns it.
     """
+    simple = _SIMPLE_URL.fullmatch(url)
+    if simple is not None and (not simple["port"] or int(simple["port"]) <= 65535):
+        # Most URLs in results: no query, user info, fragment, odd characters or IPv6 host. Their identity is
+        # the URL with scheme and host lower-cased, as below, without parsing (~20 us a URL: a 100k-frame
+        # offline check builds 200k keys). A test holds both paths to the same answers.
+        port = f":{simple['port']}" if simple["port"] else ""
+        return f"{simple['scheme'].lower()}://{simple['host'].lower()}{port}{simple['path'] or ''}"
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port

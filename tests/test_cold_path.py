@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import fast_client
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from playment_torch.cache import ArrayCache
 from playment_torch.dataset import PlaymentSegmentationDataset
@@ -245,3 +247,42 @@ def test_a_mask_of_another_length_fails_its_frame_in_prefetch(server, tmp_path) 
     report = ds.prefetch(num_threads=2, processes=1)
     assert report.failed == [1]
     assert f"the mask has {points - 5} label keys but the point cloud has {points} points" in report.failures[0][2]
+
+
+# --- url_identity's fast path ----------------------------------------------------------------------------------
+
+_URL_PART = st.text(alphabet="aAzZ09._-~!$&'()*+,;=:/%?#@[] \t", max_size=12)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.sampled_from(["https", "HTTP", "s3", "gs", "x+y", "1a", ""]),
+    st.sampled_from(["://", ":/", "//", ":"]),
+    _URL_PART,
+    st.sampled_from(["", ":80", ":080", ":0", ":65535", ":65536", ":99999", ":", ":x"]),
+    _URL_PART,
+)
+def test_url_identity_fast_path_answers_as_the_parser_does(scheme, separator, host, port, path) -> None:
+    import re
+
+    import playment_torch.errors as errors
+
+    url = f"{scheme}{separator}{host}{port}{path}"
+    fast = errors.url_identity(url)
+    saved = errors._SIMPLE_URL
+    errors._SIMPLE_URL = re.compile(r"(?!)")  # matches nothing: every URL takes the parser
+    try:
+        assert fast == errors.url_identity(url), url
+    finally:
+        errors._SIMPLE_URL = saved
+
+
+def test_url_identity_fast_path_is_taken_by_result_urls() -> None:
+    import playment_torch.errors as errors
+
+    url = "https://Playment-Data-Uploads.s3.ap-south-1.amazonaws.com/320c35b4/masks/r0/0.json"
+    assert errors._SIMPLE_URL.fullmatch(url) is not None
+    assert (
+        errors.url_identity(url) == "https://playment-data-uploads.s3.ap-south-1.amazonaws.com/320c35b4/masks/r0/0.json"
+    )
+    assert errors._SIMPLE_URL.fullmatch(url + "?X-Amz-Signature=abc") is None  # signed: the parser drops it
