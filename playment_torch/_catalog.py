@@ -541,7 +541,7 @@ class Catalog:
 
     def _download_result(self, job: Job) -> bytes:
         # A result is Playment's private file: always through the attachments API. Errors name its URL.
-        return self._client().download(job.result_url, private=True)
+        return self._client().download(job.result_url, private=True, in_place=True)
 
     # ------------------------------------------------------------------------------------------- the index
 
