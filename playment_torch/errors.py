@@ -131,8 +131,8 @@ def url_identity(url: str) -> str:
         # Most URLs in results: no query, user info, fragment, odd characters or IPv6 host. Their identity is
         # the URL with scheme and host lower-cased, as below, without parsing (~20 us a URL: a 100k-frame
         # offline check builds 200k keys). A test holds both paths to the same answers.
-        port = f":{simple['port']}" if simple["port"] else ""
-        return f"{simple['scheme'].lower()}://{simple['host'].lower()}{port}{simple['path'] or ''}"
+        suffix = f":{simple['port']}" if simple["port"] else ""
+        return f"{simple['scheme'].lower()}://{simple['host'].lower()}{suffix}{simple['path'] or ''}"
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
