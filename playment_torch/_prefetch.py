@@ -3,8 +3,8 @@
 A cold frame costs the client ~15-30 ms of CPU (HTTP, decoding, checksums, the cache write), most of it Python
 holding the GIL, so threads alone stop scaling at about one core: on a 2-core machine 32 threads were no faster
 than 8. :func:`fetch_frames` therefore splits the frames between forked worker processes (one per core by
-default) that each run a pool of threads, and gathers what they did. Processes need ``fork`` (Linux); elsewhere
-the frames are fetched by threads in this process.
+default) that each run a pool of threads, and gathers what they did. Processes need ``fork`` (Linux) and a
+process allowed to start others (not a DataLoader worker); elsewhere the frames are fetched by threads here.
 
 Every process writes the same cache under its per-key locks, so a frame is downloaded once whatever the split;
 counters (bytes, hits) go to the dataset's shared counters, which sum over processes.
@@ -86,7 +86,12 @@ def fetch_frames(
 
 
 def _can_fork() -> bool:
-    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+    # A daemonic process (a DataLoader worker, a prefetch worker) may not start processes of its own.
+    return (
+        sys.platform.startswith("linux")
+        and "fork" in multiprocessing.get_all_start_methods()
+        and not multiprocessing.current_process().daemon
+    )
 
 
 def _fetch_here(

@@ -286,3 +286,24 @@ def test_url_identity_fast_path_is_taken_by_result_urls() -> None:
         errors.url_identity(url) == "https://playment-data-uploads.s3.ap-south-1.amazonaws.com/320c35b4/masks/r0/0.json"
     )
     assert errors._SIMPLE_URL.fullmatch(url + "?X-Amz-Signature=abc") is None  # signed: the parser drops it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="processes need fork (Linux)")
+def test_prefetch_inside_a_daemonic_process_uses_threads(server, tmp_path) -> None:
+    """A DataLoader worker is daemonic and may not start processes: prefetch there falls back to threads."""
+    import multiprocessing
+
+    add_synthetic_project(server, n_jobs=2, frames_per_job=20, points_per_frame=10_000, seed=14)
+    ds = _fresh(server, tmp_path / "c")
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+
+    def work() -> None:
+        report = ds.prefetch(num_threads=4, processes=2)
+        queue.put((report.downloaded, len(report.failures)))
+
+    worker = context.Process(target=work, daemon=True)
+    worker.start()
+    assert queue.get(timeout=120) == (40, 0)
+    worker.join(60)
+    assert worker.exitcode == 0
