@@ -1486,7 +1486,8 @@ class ArrayCache:
         if digest is None:
             digest = _key_digest(key if isinstance(key, str) else key())
         number = int.from_bytes(digest, "little")
-        if store is self._arrays and kind == _KIND_ARRAY:
+        # (Not for a bounded cache: its reads must reach SQLite, which records access times for LRU eviction.)
+        if store is self._arrays and kind == _KIND_ARRAY and self.size_limit is None:
             located = self._read_located(store, number, digest)
             if located is not None:
                 with self._stats_lock:

@@ -538,6 +538,21 @@ def test_size_limit_evicts_least_recently_used(tmp_path: Path) -> None:
     assert cache.volume() <= cache.size_limit  # type: ignore[operator]
 
 
+def test_every_read_of_a_bounded_cache_counts_as_a_use(tmp_path: Path) -> None:
+    """A repeated read must refresh recency too (an unbounded cache's warm reads skip SQLite; a bounded one's do
+    not, or the entry read most would be evicted first)."""
+    probe = ArrayCache(tmp_path / "probe")
+    probe.put_array("x", BIG)
+    base = probe.volume() - BIG_ENTRY_SIZE
+    cache = ArrayCache(tmp_path / "lru", size_limit=base + int(3.5 * BIG_ENTRY_SIZE))
+    for name in ("e0", "e1", "e2"):
+        cache.put_array(name, BIG)
+    for name in ("e0", "e1", "e0"):  # e0's second read is its last use: after e1's
+        assert cache.get_array(name) is not None
+    cache.put_array("e3", BIG)  # over the limit: the two least recently used go (e2, then e1)
+    assert sorted(cache.keys()) == ["e0", "e3"]
+
+
 def test_reopening_with_a_smaller_limit_evicts(tmp_path: Path) -> None:
     big = ArrayCache(tmp_path)
     for i in range(30):
