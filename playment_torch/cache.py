@@ -135,7 +135,7 @@ _SUM_WIDTH = 509
 _SUM_WEIGHTS = np.arange(1, _SUM_WIDTH + 1, dtype=np.uint64)
 # Small enough for a dimension count no real array reaches, large enough to refuse a damaged header cheaply.
 _MAX_NDIM = 64
-# The file table's size: 32 bytes per value file, so 1,048,576 slots (a sparse file: untouched pages take no disk).
+# The file table's size: 32 bytes per value file, so 1,048,576 slots (a 32 MiB file, allocated when created).
 _CHECKED_TABLE_BYTES = 32 << 20
 _SETTLED_NS = 2_000_000_000
 _U64 = (1 << 64) - 1
@@ -350,8 +350,8 @@ class _FileTable:
     hash covers the file's device, inode, size, modification and status-change times and the boot id (so
     after a reboot, which may have lost unflushed pages, every file is checked again).
 
-    Where the file cannot be created (a read-only cache, a full disk) the table lives in shared anonymous
-    memory: this process and its forked children only, as before the table was shared.
+    Where the file cannot be created and allocated (a read-only cache, a full disk, a system without
+    ``posix_fallocate``) the table lives in shared anonymous memory: this process and its forked children only.
     """
 
     _SLOT_WORDS = 4
@@ -376,16 +376,20 @@ class _FileTable:
 
     @staticmethod
     def _map_file(path: Path, size: int) -> mmap.mmap | None:
+        allocate = getattr(os, "posix_fallocate", None)
+        if allocate is None:  # not Linux: no way to reserve the blocks, so no shared file (see below)
+            return None
         try:
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError:
             return None
         try:
-            if os.fstat(descriptor).st_size < size:
-                # Sparse: pages take disk space only when a slot in them is written. Never shrunk: another
-                # process may have mapped more of it (touching a page past the end would kill it with SIGBUS).
-                # Processes with other budgets put keys in other slots, which only costs them lookups.
-                os.ftruncate(descriptor, size)
+            # Every block reserved up front (by each process, for the part it maps; a no-op once done): a write
+            # into a mapped page the file system cannot back (a sparse file on a full disk) kills the process
+            # with SIGBUS. On a disk too full for the table, this process keeps it in memory instead. The file
+            # is never shrunk: another process may have mapped more of it (another budget; its keys land in
+            # other slots, which only costs lookups).
+            allocate(descriptor, 0, size)
             return mmap.mmap(descriptor, size)
         except (OSError, ValueError):
             return None
@@ -1266,7 +1270,7 @@ class ArrayCache:
             saves duplicate work: writes are atomic, so the cache stays correct).
         checked_table_bytes: Size of the file table shared by the processes using the cache, which remembers
             where each array's value file is and which file versions were checked in full (32 bytes per file,
-            a sparse file; 0: no table, every read asks SQLite and checks in full).
+            allocated on disk up front; 0: no table, every read asks SQLite and checks in full).
 
     Attributes:
         directory: The cache directory (created on first use).

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -307,3 +309,39 @@ def test_prefetch_inside_a_daemonic_process_uses_threads(server, tmp_path) -> No
     assert queue.get(timeout=120) == (40, 0)
     worker.join(60)
     assert worker.exitcode == 0
+
+
+def test_a_full_disk_never_kills_a_reader_through_the_file_table(tmp_path) -> None:
+    """Writing into a mapped page a full file system cannot back is SIGBUS: the table's blocks are reserved."""
+    from test_cache_adversarial import env_with_worktree, mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "disk", "40m") as disk:
+        cache = ArrayCache(disk / "cache")
+        arrays = {f"k{i}": np.full(20_000, float(i)) for i in range(20)}
+        for key, array in arrays.items():
+            cache.put_array(key, array)
+        cache.close()
+        assert (disk / "cache" / "files.table").stat().st_blocks * 512 >= 32 << 20, "allocated, not sparse"
+        with contextlib.suppress(OSError), open(disk / "filler", "wb", buffering=0) as filler:
+            while True:
+                filler.write(b"\0" * 4096)
+        reader = subprocess.run(
+            [sys.executable, "-c", FULL_DISK_READER, str(disk / "cache"), json.dumps(list(arrays))],
+            capture_output=True,
+            text=True,
+            env=env_with_worktree(),
+            timeout=120,
+        )
+        assert reader.returncode == 0, (reader.returncode, reader.stderr[-500:])
+        assert reader.stdout.split() == ["20", "20"], "every value read, twice (the second time through the table)"
+
+
+FULL_DISK_READER = """
+import json, sys
+import numpy as np
+from playment_torch.cache import ArrayCache
+cache = ArrayCache(sys.argv[1])
+keys = json.loads(sys.argv[2])
+for _ in range(2):
+    print(sum(1 for i, key in enumerate(keys) if (a := cache.get_array(key)) is not None and a[0] == float(i)))
+"""
