@@ -101,11 +101,17 @@ def _fetch_here(
     never waits on one file's round trips before starting the other's (with 50 ms per request a frame is four
     round trips); the lengths are checked once both are in."""
     outcome = FetchOutcome()
-    tasks = [(position, record) for position in positions for record in store.records(position)]
+    # (position, record, whether it is the frame's last record)
+    tasks = [
+        (position, record, record == records[-1])
+        for position in positions
+        for records in (store.records(position),)
+        for record in records
+    ]
     kept = threading.Event()
 
-    def fetch(task: tuple[int, int]) -> tuple[bool, int, PlaymentError | None]:
-        position, record = task
+    def fetch(task: tuple[int, int, bool]) -> tuple[bool, int, PlaymentError | None]:
+        position, record, _ = task
         try:
             downloaded, length = store.ensure_record(position, record)
         except PlaymentError as exc:
@@ -120,9 +126,9 @@ def _fetch_here(
     with ThreadPoolExecutor(threads) as pool:
         results = pool.map(fetch, tasks)  # in task order: a frame's records are adjacent
         pending: list[tuple[bool, int, PlaymentError | None]] = []
-        for (position, record), result in zip(tasks, results, strict=True):
+        for (position, _, last), result in zip(tasks, results, strict=True):
             pending.append(result)
-            if record != store.records(position)[-1]:
+            if not last:
                 continue
             _finish(store, position, pending, outcome)
             pending = []

@@ -41,10 +41,8 @@ from playment_torch.index import FrameIndex
 
 __all__ = ["MASK", "POINTS", "FrameStore", "Loaded", "compact_keys", "select_fields"]
 
-# A frame's two records, as indices into FrameStore._key_of and columns of its digest memo.
-_POINTS, _MASK = 0, 1
-#: The records of a frame, as :meth:`FrameStore.ensure_record` names them.
-POINTS, MASK = _POINTS, _MASK
+#: A frame's two records (indices into FrameStore._key_of and columns of its digest memo).
+POINTS, MASK = 0, 1
 
 
 @dataclass(frozen=True)
@@ -211,7 +209,7 @@ class FrameStore:
             return points
 
         # Legacy files are Playment's private result files: always through the attachments API.
-        points = self._get_or_download(position, _POINTS, url, decode, private=legacy)
+        points = self._get_or_download(position, POINTS, url, decode, private=legacy)
         self._columns = points.shape[1]  # what a placeholder of a frame that failed has (COUNT > 1 fields widen)
         return points
 
@@ -233,7 +231,7 @@ class FrameStore:
         def decode(body: bytes) -> np.ndarray:
             return compact_keys(label_keys(read_pcd(body, copy=False).data)) if legacy else _decode_mask(body)
 
-        mask = self._get_or_download(position, _MASK, url, decode, private=True)
+        mask = self._get_or_download(position, MASK, url, decode, private=True)
         self.check_lengths(position, points=points, keys=len(mask))
         return mask
 
@@ -288,7 +286,7 @@ class FrameStore:
                 self.mask(position, length)
         else:
             url = self.index.mask_urls[position]
-            length = len(self._get_or_download(position, _MASK, url, _decode_mask, private=True))
+            length = len(self._get_or_download(position, MASK, url, _decode_mask, private=True))
         return self._downloads_in_this_thread() > before, length
 
     # ------------------------------------------------------------------------------------------- plumbing
@@ -301,7 +299,7 @@ class FrameStore:
         return int(getattr(cls._per_thread, "downloads", 0))
 
     def _digest(self, position: int, record: int) -> bytes:
-        """The cache key digest of a frame's points (``_POINTS``) or mask (``_MASK``) record, memoised."""
+        """The cache key digest of a frame's points (``POINTS``) or mask (``MASK``) record, memoised."""
         digests = self._digests
         if digests is None or len(digests) != len(self.index):
             digests = self._digests = np.zeros((len(self.index), 2), dtype=np.uint64)
