@@ -1563,7 +1563,7 @@ class ArrayCache:
         """
         return cast("np.ndarray | None", self._get(key, _KIND_ARRAY, metadata=metadata)[1])
 
-    def find_array(self, digest: bytes, key: Callable[[], str]) -> np.ndarray | None:
+    def find_array(self, digest: bytes, key: Callable[[], str], *, count_miss: bool = True) -> np.ndarray | None:
         """:meth:`get_array` for hot paths that keep each key's digest instead of its string.
 
         A warm read finds the value file through the file table and never needs the key itself; ``key`` is
@@ -1572,6 +1572,7 @@ class ArrayCache:
         Args:
             digest: :meth:`key_digest` of the key.
             key: Makes the key.
+            count_miss: Count a miss in :meth:`stats` (not for a lookup that is only a check).
 
         Returns:
             As :meth:`get_array`.
@@ -1579,7 +1580,7 @@ class ArrayCache:
         Raises:
             CacheError: The cache is unusable.
         """
-        return cast("np.ndarray | None", self._get(key, _KIND_ARRAY, digest=digest)[1])
+        return cast("np.ndarray | None", self._get(key, _KIND_ARRAY, digest=digest, count_miss=count_miss)[1])
 
     @staticmethod
     def key_digest(key: str) -> bytes:

@@ -93,7 +93,7 @@ class DatasetStats:
 
     Attributes:
         items: Samples built.
-        hits: Records the disk cache served (a frame's points and its mask count once each).
+        hits: Records the disk cache served (a frame's points and its labels, or its mask, count once each).
         misses: Point clouds and masks that had to be downloaded and decoded.
         bytes_downloaded: Bytes of point clouds and masks downloaded.
         download_seconds: Time spent downloading (summed over threads and processes).

@@ -372,6 +372,11 @@ class FrameIndex:
         table = self.frame_table[i]
         return int(self.lut_offsets[table]), int(self.lut_offsets[table + 1])
 
+    def label_table(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frame ``i``'s lookup table: its sorted label keys and the class index of each (views, not copies)."""
+        start, stop = self._table_rows(i)
+        return self.lut_keys[start:stop], self.lut_classes[start:stop]
+
     def classes_of(self, i: int, mask: np.ndarray, ignore_index: int, *, consume: bool = False) -> np.ndarray:
         """Class indices of frame ``i``'s label keys (``consume=True`` lets the mask be overwritten)."""
         start, stop = self._table_rows(i)

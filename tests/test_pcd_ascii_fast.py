@@ -26,7 +26,8 @@ from playment_torch.formats.pcd import encode_pcd, read_pcd
 
 def off_json_range(text: str) -> bool:
     is_integer = not any(c in text for c in ".eE")
-    return abs(Fraction(text)) > 10**300 or (is_integer and abs(int(text)) >= 2**64)
+    # simdjson's integers: int64 when negative, uint64 when not.
+    return abs(Fraction(text)) > 10**300 or (is_integer and not -(2**63) <= int(text) < 2**64)
 
 
 # --------------------------------------------------------------------------------------- the float32 claim
