@@ -40,6 +40,7 @@ FIELDS = (
     "failed_frames",
 )
 _SIZE = 8 * len(FIELDS)
+_POSITION = {name: i for i, name in enumerate(FIELDS)}
 _OPENING = threading.Lock()
 
 
@@ -115,7 +116,7 @@ class SharedCounters:
         values = self._mine()
         with self._lock:
             for name, delta in deltas.items():
-                values[FIELDS.index(name)] += delta
+                values[_POSITION[name]] += delta
 
     def totals(self) -> dict[str, float]:
         """The sum over every process of this dataset on this machine (this process included)."""

@@ -13,10 +13,11 @@ The stored form (one write per file; for binary PCDs fewer bytes than were downl
 
 * a **labels record**, derived: the mask mapped through the frame's lookup table under this store's
   ``classes`` and ``ignore_index``, again in the smallest integer type that holds it, keyed by the mask's key
-  parts plus a digest of that mapping. It is made from the mask record, never downloaded: prefetch writes it
-  beside the mask, and a read that misses it (another class map, an evicted entry, a read-only cache) maps the
-  mask and writes it. A warm read is then two file reads and one widening to int64, instead of a gather per
-  point (~80 us of a 120k-point frame's ~0.25 ms).
+  parts plus a digest of that mapping. It is made from the mask record, never downloaded: the first read of a
+  frame under a class map maps the mask and writes it (as does a read that misses it: an evicted entry; a
+  read-only cache just maps the mask on every read). Every later read is two file reads and one widening to
+  int64 instead of a gather per point (~80 us of a 120k-point frame's ~0.25 ms). Prefetch leaves it to that
+  first read, which has the class map a training run uses; its cost there is one write of a byte a point.
 
 A change of ``classes`` or ``ignore_index`` therefore downloads nothing: it writes a new labels record (one byte
 a point, usually) on each frame's first read. A legacy frame's single PCD holds both the points and the label
@@ -222,6 +223,13 @@ class FrameStore:
             PlaymentFormatError: The point cloud does not decode or lacks a point field.
             FrameError: The download failed.
         """
+        points = self._cached(position, POINTS)
+        if points is None:
+            points = self._download_points(position)
+        self._columns = points.shape[1]  # what a placeholder of a frame that failed has (COUNT > 1 fields widen)
+        return points
+
+    def _download_points(self, position: int) -> np.ndarray:
         index = self.index
         url = index.pointcloud_urls[position]
         legacy = bool(index.legacy[position])
@@ -236,9 +244,7 @@ class FrameStore:
             return points
 
         # Legacy files are Playment's private result files: always through the attachments API.
-        points = self._get_or_download(position, POINTS, url, decode, private=legacy)
-        self._columns = points.shape[1]  # what a placeholder of a frame that failed has (COUNT > 1 fields widen)
-        return points
+        return self._get_or_download(position, POINTS, url, decode, private=legacy)
 
     def mask(self, position: int, points: int) -> np.ndarray:
         """The label keys of a frame, one per point, in their compact integer type.
@@ -277,9 +283,8 @@ class FrameStore:
             PlaymentFormatError: The mask does not decode or does not match the point count.
             FrameError: The mask's download failed.
         """
-        stored = self.cache.find_array(self._digest(position, LABELS), lambda: self.labels_key(position))
+        stored = self._cached(position, LABELS)
         if stored is not None and stored.shape == (points,) and stored.dtype.kind in "iu":
-            self._count(hits=1)
             return stored.astype(np.int64)
         # Missing, or not this frame's (a length or type no labels record has): the mask decides, and raises
         # what is wrong with it.
@@ -290,14 +295,8 @@ class FrameStore:
         labels = self.index.classes_of(position, mask, self.ignore_index)
         # Derived and optional: a cache that cannot take it costs a gather per read, nothing else.
         with contextlib.suppress(CacheError):
-            self.cache.put_array(self.labels_key(position), compact_keys(labels))
+            self.cache.put_array(self.labels_key(position), compact_labels(labels))
         return labels
-
-    def _ensure_labels(self, position: int, mask: np.ndarray) -> None:
-        """Write a frame's labels record from its mask unless it is already there (prefetch)."""
-        digest = self._digest(position, LABELS)
-        if self.cache.find_array(digest, lambda: self.labels_key(position), count_miss=False) is None:
-            self._write_labels(position, mask)
 
     def check_lengths(self, position: int, *, points: int, keys: int) -> None:
         """Raise unless a frame's mask has one label key per point.
@@ -321,7 +320,7 @@ class FrameStore:
         """
         before = self._downloads_in_this_thread()
         points = self.points(position)
-        self._ensure_labels(position, self.mask(position, len(points)))
+        self.mask(position, len(points))
         return self._downloads_in_this_thread() > before
 
     def records(self, position: int) -> tuple[int, ...]:
@@ -347,12 +346,10 @@ class FrameStore:
         if record == POINTS:
             length = len(self.points(position))
             if self.index.legacy[position]:
-                self._ensure_labels(position, self.mask(position, length))
+                self.mask(position, length)
         else:
             url = self.index.mask_urls[position]
-            mask = self._get_or_download(position, MASK, url, _decode_mask, private=True)
-            self._ensure_labels(position, mask)
-            length = len(mask)
+            length = len(self._get_or_download(position, MASK, url, _decode_mask, private=True))
         return self._downloads_in_this_thread() > before, length
 
     # ------------------------------------------------------------------------------------------- plumbing
@@ -376,15 +373,20 @@ class FrameStore:
         digests[position, record] = int.from_bytes(digest, "little")
         return digest
 
+    def _cached(self, position: int, record: int) -> np.ndarray | None:
+        """A record from the cache (counted as a hit), or ``None``: the warm path, which needs only its digest."""
+        found = self.cache.find_array(self._digest(position, record), lambda: self._key_of[record](self, position))
+        if found is not None:
+            self._count(hits=1)
+        return found
+
     def _get_or_download(
         self, position: int, record: int, url: str, decode: Callable[[bytes], np.ndarray], *, private: bool
     ) -> np.ndarray:
-        make_key = self._key_of[record]
-        cached = self.cache.find_array(self._digest(position, record), lambda: make_key(self, position))
+        cached = self._cached(position, record)
         if cached is not None:
-            self._count(hits=1)
             return cached
-        key = make_key(self, position)
+        key = self._key_of[record](self, position)
         if self.offline:
             raise CacheError(f"{self.where(position)}: {redact_url(url)} is not cached and refresh='never'")
 
@@ -506,6 +508,17 @@ def compact_keys(keys: np.ndarray) -> np.ndarray:
         if info.min <= low and high <= info.max:
             return keys.astype(dtype)
     return keys.astype(np.int64, copy=False)
+
+
+def compact_labels(labels: np.ndarray) -> np.ndarray:
+    """Class indices in the smallest integer type that holds them: int8 with a negative ``ignore_index``."""
+    if labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        for dtype in (np.uint8, np.int8, np.int16, np.int32):
+            info = np.iinfo(dtype)
+            if info.min <= low and high <= info.max:
+                return labels.astype(dtype)
+    return labels.astype(np.uint8 if not labels.size else np.int64, copy=False)
 
 
 def _case_insensitive(wanted: str, names: Sequence[str]) -> str | None:

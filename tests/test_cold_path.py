@@ -345,3 +345,131 @@ keys = json.loads(sys.argv[2])
 for _ in range(2):
     print(sum(1 for i, key in enumerate(keys) if (a := cache.get_array(key)) is not None and a[0] == float(i)))
 """
+
+
+# --------------------------------------------------------------------------------------- the labels record
+
+
+def _truth(jobs: list, ds: PlaymentSegmentationDataset, i: int, names: list[str], ignore: int) -> np.ndarray:
+    """Item ``i``'s labels from the synthetic scene itself, under the class list ``names``."""
+    from playment_torch.testing.synthetic import CLASSES
+
+    ref = ds.frames[i]
+    job = next(j for j in jobs if j.job_id == ref.job_id)
+    frame = next(f for f in job.frames if f.frame_id == ref.frame_id)
+    table = np.array([names.index(c) if c in names else ignore for c in CLASSES] + [ignore])
+    return table[frame.class_index]  # -1 (unlabeled) takes the table's last entry
+
+
+def test_the_first_read_writes_a_compact_labels_record_and_later_reads_never_map_the_mask(
+    server, tmp_path, monkeypatch
+) -> None:
+    from playment_torch import _store
+    jobs = add_synthetic_project(server, n_jobs=2, frames_per_job=2, points_per_frame=40_000, seed=21)
+    ds = PlaymentSegmentationDataset(
+        server.project_id, client=fast_client(server), cache_dir=str(tmp_path / "c"), progress=False
+    )
+    ds.prefetch(num_threads=2, progress=False)
+    store = ds._store
+    assert not any(store.labels_key(i) in ds.cache for i in range(len(ds))), "prefetch leaves labels to a read"
+    first = [ds[i].labels.numpy() for i in range(len(ds))]
+    for i, labels in enumerate(first):
+        np.testing.assert_array_equal(labels, _truth(jobs, ds, i, list(ds.classes), ds.ignore_index))
+        stored = ds.cache.get_array(store.labels_key(i))
+        assert stored is not None and stored.dtype == np.int8, "ignore_index -100 and 8 classes fit int8"
+        np.testing.assert_array_equal(stored, labels)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a warm read mapped a mask")
+
+    monkeypatch.setattr(_store.FrameStore, "mask", refuse)
+    monkeypatch.setattr(ds.index, "classes_of", refuse)
+    for i, labels in enumerate(first):
+        again = ds[i].labels
+        assert again.dtype == torch_int64()
+        np.testing.assert_array_equal(again.numpy(), labels)
+
+
+def torch_int64() -> object:
+    import torch
+
+    return torch.int64
+
+
+@pytest.mark.parametrize(
+    ("classes", "ignore_index", "dtype"),
+    [
+        (["car", "road", "pedestrian"], -1, np.int8),
+        (["pedestrian", "car"], 255, np.uint8),
+        (["road", "car"], -1000, np.int16),
+        (None, 100_000, np.int32),
+    ],
+)
+def test_a_class_map_change_downloads_nothing_and_reads_its_own_labels_record(
+    server, tmp_path, classes, ignore_index, dtype
+) -> None:
+    jobs = add_synthetic_project(server, n_jobs=2, frames_per_job=2, points_per_frame=40_000, seed=22)
+    cache_dir = str(tmp_path / "c")
+    default = PlaymentSegmentationDataset(server.project_id, client=fast_client(server), cache_dir=cache_dir)
+    before = [default[i].labels.numpy() for i in range(len(default))]
+    server.clear_requests()
+    other = PlaymentSegmentationDataset(
+        server.project_id,
+        client=fast_client(server),
+        cache_dir=cache_dir,
+        classes=classes,
+        ignore_index=ignore_index,
+        allow_unknown_classes=True,
+        progress=False,
+    )
+    names = list(other.classes)
+    for _ in range(2):  # the first pass writes the labels records, the second reads them
+        for i in range(len(other)):
+            np.testing.assert_array_equal(other[i].labels.numpy(), _truth(jobs, other, i, names, ignore_index))
+    assert [r.route for r in server.requests if r.route in ("attachments", "storage")] == [], "nothing downloaded"
+    for i in range(len(other)):
+        assert other._store.labels_key(i) != default._store.labels_key(i)
+        stored = other.cache.get_array(other._store.labels_key(i))
+        assert stored is not None and stored.dtype == dtype
+        # The first class map's records are still there and still right.
+        np.testing.assert_array_equal(default[i].labels.numpy(), before[i])
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [np.zeros(5, dtype=np.int8), np.zeros(40_000, dtype=np.float32), np.zeros((40_000, 1), dtype=np.int8)],
+    ids=["short", "float", "2-d"],
+)
+def test_a_labels_record_that_is_not_the_frames_is_not_trusted(server, tmp_path, forged) -> None:
+    jobs = add_synthetic_project(server, n_jobs=1, frames_per_job=2, points_per_frame=40_000, seed=23)
+    ds = PlaymentSegmentationDataset(
+        server.project_id, client=fast_client(server), cache_dir=str(tmp_path / "c"), progress=False
+    )
+    ds.prefetch(num_threads=2, progress=False)
+    key = ds._store.labels_key(0)
+    ds.cache.put_array(key, forged)
+    np.testing.assert_array_equal(ds[0].labels.numpy(), _truth(jobs, ds, 0, list(ds.classes), ds.ignore_index))
+    rewritten = ds.cache.get_array(key)
+    assert rewritten is not None and rewritten.shape == (40_000,) and rewritten.dtype == np.int8
+
+
+def test_a_cache_that_refuses_the_labels_record_still_gives_the_labels(server, tmp_path, monkeypatch) -> None:
+    from playment_torch.errors import CacheError
+    jobs = add_synthetic_project(server, n_jobs=1, frames_per_job=2, points_per_frame=40_000, seed=24)
+    ds = PlaymentSegmentationDataset(
+        server.project_id, client=fast_client(server), cache_dir=str(tmp_path / "c"), progress=False
+    )
+    ds.prefetch(num_threads=2, progress=False)
+    real = ArrayCache.put_array
+
+    def full_for_labels(self: ArrayCache, key: str, value: np.ndarray, **kwargs: object) -> None:
+        if key.startswith("labels@"):
+            raise CacheError("cache: the disk is full")
+        real(self, key, value, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ArrayCache, "put_array", full_for_labels)
+    for _ in range(2):
+        for i in range(len(ds)):
+            np.testing.assert_array_equal(ds[i].labels.numpy(), _truth(jobs, ds, i, list(ds.classes), ds.ignore_index))
+    assert not any(ds._store.labels_key(i) in ds.cache for i in range(len(ds)))
+

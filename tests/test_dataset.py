@@ -218,6 +218,9 @@ def test_relabelled_job_with_refresh_always_downloads_only_the_new_masks(server,
     downloaded = [r.query.get("url", "") for r in server.requests if r.route == "attachments"]
     assert sum("relabelled" in url for url in downloaded) == len(fresh)
     assert not any(url.endswith(".pcd") for url in downloaded), "unchanged point clouds are not downloaded again"
+    # The labels records (derived from the masks) are the new result's, not the first one's.
+    old_keys = {ds._store.labels_key(i) for i in range(len(ds))}
+    assert old_keys.isdisjoint(fresh._store.labels_key(i) for i in range(len(fresh)))
 
 
 def test_class_list_and_dict_with_shared_indices(server, tmp_path):
