@@ -74,7 +74,8 @@ def _warm_dataset(server: FakePlaymentServer, tmp_path: Path) -> PlaymentSegment
 
 def test_a_fresh_process_reads_warm_frames_without_sqlite(server, tmp_path, monkeypatch) -> None:
     ds = _warm_dataset(server, tmp_path)
-    expected = [ds[i] for i in range(len(ds))]  # the first reads record each value file in the table
+    [ds[i] for i in range(len(ds))]  # the first reads write the labels records
+    expected = [ds[i] for i in range(len(ds))]  # these record each value file in the table
     fresh = pickle.loads(pickle.dumps(ds))  # what a spawned DataLoader worker gets: no memo, no handle
     lookups: list[str] = []
     real = ArrayCache._read_entry
@@ -93,6 +94,8 @@ def test_a_fresh_process_trusts_what_another_checked_only_for_a_settled_file(ser
     import playment_torch.cache as cache_module
 
     ds = _warm_dataset(server, tmp_path)
+    for i in range(len(ds)):
+        ds[i]  # writes the labels records
     for path in (tmp_path / "c").glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*.val"):
         old = time.time() - 60
         os.utime(path, (old, old))
