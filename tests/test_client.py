@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import requests
+import urllib3
 
 import playment_torch.client as client_module
 from playment_torch.client import PlaymentClient, RetryPolicy, parse_retry_after
@@ -1031,18 +1031,20 @@ def test_every_request_has_a_timeout(
 ) -> None:
     client = make_client(timeout=7.5)
     seen: list[tuple[str, Any, Any]] = []
-    real_get = requests.Session.get
+    real_urlopen = urllib3.HTTPConnectionPool.urlopen
 
-    def spy(self: requests.Session, url: str, **kwargs: Any) -> requests.Response:
-        seen.append((url, kwargs.get("timeout"), kwargs.get("allow_redirects")))
-        return real_get(self, url, **kwargs)
+    # GETs go to urllib3's pool directly: every one of them passes here, with its timeout and redirect policy.
+    def spy(self: urllib3.HTTPConnectionPool, method: str, url: str, **kwargs: Any) -> Any:
+        timeout = kwargs.get("timeout")
+        seen.append((url, (timeout.connect_timeout, timeout.read_timeout), kwargs.get("redirect")))
+        return real_urlopen(self, method, url, **kwargs)
 
-    monkeypatch.setattr(requests.Session, "get", spy)
+    monkeypatch.setattr(urllib3.HTTPConnectionPool, "urlopen", spy)
     _workload(client, fake)
     assert len(seen) >= 20
     # 30 s: the workload's wrong-key client, built with the default timeout.
-    assert {(timeout, redirects) for _, timeout, redirects in seen} == {(7.5, False), (30.0, False)}
-    assert sum(timeout == 7.5 for _, timeout, _ in seen) >= 20
+    assert {(timeout, redirects) for _, timeout, redirects in seen} == {((7.5, 7.5), False), ((30.0, 30.0), False)}
+    assert sum(timeout == (7.5, 7.5) for _, timeout, _ in seen) >= 20
 
 
 def test_concurrent_downloads_scale(
@@ -1127,9 +1129,9 @@ def test_request_errors_that_retrying_cannot_fix_fail_at_once(
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
-        raise requests.exceptions.InvalidHeader("header value 'x' is invalid")
+        raise ValueError("Invalid header value b'x'")  # what http.client raises for a header it cannot send
 
-    monkeypatch.setattr(requests.Session, "get", refuse)
-    with pytest.raises(DownloadError, match=r"refused before sending \(InvalidHeader\)"):
+    monkeypatch.setattr(urllib3.HTTPConnectionPool, "urlopen", refuse)
+    with pytest.raises(DownloadError, match=r"refused before sending \(ValueError\)"):
         client.download(fake.direct_url("a.bin"))
     assert len(calls) == 1
