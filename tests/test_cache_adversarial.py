@@ -21,12 +21,14 @@ import tracemalloc
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import playment_torch.cache as cache_module
 from playment_torch.cache import ArrayCache, cache_key
+from playment_torch.errors import CacheError
 
 # The tree whose playment_torch this test imported, so subprocesses run the same code.
 WORKTREE = Path(cache_module.__file__).resolve().parents[1]
@@ -572,3 +574,50 @@ def test_a_damaged_database_leaves_predictions_and_counters_in_place(tmp_path: P
     assert (tmp_path / "c" / "stats").is_dir()
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("c.corrupt-")]
     assert len(moved) == 1 and not (moved[0] / "predictions").exists()
+
+
+def test_a_value_file_write_that_fails_midway_leaves_no_file_and_no_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    cache = ArrayCache(tmp_path / "c")
+    cache.put_array("kept", np.arange(100_000))
+    files_before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "c").rglob("*.val"))
+    written: list[int] = []
+    real_open = open
+
+    class Filling:
+        """A value file on a disk that fills after 64 kB: short writes, then ENOSPC."""
+
+        def __init__(self, handle: Any) -> None:
+            self.handle = handle
+
+        def write(self, data: memoryview) -> int:
+            if sum(written) >= 65_536:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            written.append(min(len(data), 10_000))
+            return int(self.handle.write(data[:10_000]))
+
+        def __enter__(self) -> Filling:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+    def opening(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(path, mode, *args, **kwargs)
+        return Filling(handle) if mode == "xb" else handle
+
+    monkeypatch.setattr(cache_module, "open", opening, raising=False)
+    with pytest.raises(CacheError, match="No space left"):
+        cache.put_array("big", np.arange(1_000_000))
+    monkeypatch.undo()
+    assert sum(written) >= 65_536, "the write went part of the way"
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "c").rglob("*.val")) == files_before
+    assert cache.get_array("big") is None
+    np.testing.assert_array_equal(cache.get_array("kept"), np.arange(100_000))
+    # Short writes are written on, not lost: the same write on a disk with room stores every byte.
+    cache.put_array("big", np.arange(1_000_000))
+    np.testing.assert_array_equal(ArrayCache(tmp_path / "c").get_array("big"), np.arange(1_000_000))
+    assert all(p.parent.name[1] == "0" for p in (tmp_path / "c").rglob("*.val")), "16 second-level folders"
