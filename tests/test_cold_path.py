@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from playment_torch.cache import ArrayCache
 from playment_torch.dataset import PlaymentSegmentationDataset
-from playment_torch.errors import DownloadError
+from playment_torch.errors import DownloadError, NotFoundError
 from playment_torch.testing.server import PLAYMENT_STORAGE, FakePlaymentServer
 from playment_torch.testing.synthetic import add_synthetic_project
 
@@ -202,6 +202,20 @@ def test_in_place_downloads_keep_reusing_one_connection(server, hosted) -> None:
     assert len(pools) == 2, "the API host and the storage host"
     # Each body was read to its end below urllib3, and its connection still went back to the pool.
     assert [(pool.num_connections, pool.num_requests) for pool in pools] == [(1, 5), (1, 5)]
+
+
+def test_a_response_left_unread_drops_its_connection_and_the_next_one_reads_right(server, hosted) -> None:
+    # A 404 page from storage is not read: its connection must not go back to the pool with the page still in
+    # it, or the next request would read the page's bytes as its own response (then fail, and retry).
+    client = fast_client(server)
+    assert client.download(hosted, in_place=True) == BODY
+    server.clear_requests()
+    for _ in range(2):
+        server.add_fault("storage", status=404, times=1)
+        with pytest.raises(NotFoundError):
+            client.download(hosted, in_place=True)
+        assert client.download(hosted, in_place=True) == BODY
+    assert [r.status for r in server.requests if r.route == "storage"] == [404, 200, 404, 200], "no retry needed"
 
 
 def test_read_pcd_without_a_copy_views_the_callers_bytes() -> None:
