@@ -210,7 +210,8 @@ def case_naive(spec: dict[str, Any]) -> dict[str, Any]:
     from playment_torch.formats.masks import read_mask
     from playment_torch.formats.pcd import read_pcd
 
-    frames = open_dataset({**spec, "url": None}, spec["cache"], refresh="never").frames[: spec["subset"]]
+    # The frame list from the resolved cache (results only: refresh="never" would refuse frames not cached).
+    frames = open_dataset(spec, spec["cache"]).frames[: spec["subset"]]
     session = requests.Session()
     started = time.perf_counter()
     with profiled(spec.get("profile", False), "naive loop"):
@@ -506,13 +507,15 @@ def section_d(work: Path, repeat: int, profile: set[str], rows: Rows, notes: lis
             server.add_job(template.result, job_id=str(uuid.uuid4()))
         spec = {"url": server.url, "key": server.api_key, "project": server.project_id, "cache": str(work / "index")}
         cold = run_child({**spec, "case": "index", "refresh": "if_missing", "repeat": 1}, profile)
+        # Warm: the results are cached, the server still answers (refresh="never" needs every frame cached
+        # too; bench_scale.py measures that offline construction at 2,000 jobs x 50 frames).
+        warm = run_child({**spec, "case": "index", "refresh": "if_missing", "repeat": min(repeat, 3)}, profile)
     finally:
         server.stop()
-    warm = run_child({**spec, "url": None, "case": "index", "refresh": "never", "repeat": min(repeat, 3)}, profile)
     assert cold["frames"] == warm["frames"] == INDEX_JOBS, (cold, warm)
     rows.append(
         [
-            f"(d) {INDEX_JOBS} one-frame jobs from the cache (`refresh='never'`, no server), s",
+            f"(d) {INDEX_JOBS} one-frame jobs, results cached (`refresh='if_missing'`), s",
             f"{warm['first']:.2f} (best {warm['best']:.2f})",
             f"cold: {cold['first']:.1f}",
             "-",
