@@ -99,6 +99,8 @@ _READ_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError
 # Only the codings we decode ourselves: advertising brotli or zstd would get bodies we do not check.
 _ACCEPT_ENCODING = "gzip, deflate"
 _READ_CHUNK = 1 << 20
+# A redirect's body up to this long is read (under the usual deadline), so its connection serves the next request.
+_SHORT_BODY = 64 * 1024
 #: Requests per second Playment documents for its API (``rate_limit="auto"`` on a non-loopback host).
 DOCUMENTED_RATE = 20.0
 # Characters that make urllib.parse and urllib3 disagree about where a URL's host ends, or that no URL has.
@@ -1034,9 +1036,15 @@ class PlaymentClient:
             if 300 <= status < 400 and location:
                 # Resolved against the endpoint, so a relative Location stays on the API host.
                 try:
-                    return urllib.parse.urljoin(endpoint, location)
+                    redirected = urllib.parse.urljoin(endpoint, location)
                 except ValueError:
                     raise DownloadError("the attachments endpoint redirected to a malformed URL", url=url) from None
+                declared = (response.headers.get("Content-Length") or "").strip()
+                if declared.isascii() and declared.isdigit() and int(declared) <= _SHORT_BODY:
+                    # Read the short page out, so this connection serves the next request (one per file).
+                    with contextlib.suppress(_Transient, DownloadError):
+                        self._read_body(response, endpoint, from_api=True)
+                return redirected
             payload = _json_or_none(self._read_body(response, endpoint, from_api=True), "attachments", endpoint)
             code, message = self._error_fields(payload)
             if 200 <= status < 300:
@@ -1393,8 +1401,10 @@ def _redact_text(text: str) -> str:
 class _Response:
     """A streamed GET's response as the callers read it: status, headers, reason and the raw urllib3 stream.
 
-    Closing it does what closing a streamed ``requests.Response`` does: the stream is closed (a connection
-    with an unread body is dropped), and a connection already read to its end goes back to the pool.
+    Closing it returns the connection to the pool when its body was read to the end (``_read_into`` reads
+    below urllib3, which then does not see the end itself); a body left unread closes it, so no unread bytes
+    are ever taken for the next response. (Closing a streamed ``requests.Response`` closed every connection
+    whose body was read that way.)
     """
 
     __slots__ = ("raw",)
@@ -1415,8 +1425,11 @@ class _Response:
         return self.raw.reason
 
     def close(self) -> None:
-        self.raw.close()
-        self.raw.release_conn()
+        raw = self.raw
+        original = getattr(raw, "_original_response", None)
+        if original is None or not original.isclosed():
+            raw.close()  # unread bytes would be taken for the next response: this connection is done
+        raw.release_conn()
 
     def __enter__(self) -> _Response:
         return self
