@@ -137,6 +137,21 @@ _SUM_WEIGHTS = np.arange(1, _SUM_WIDTH + 1, dtype=np.uint64)
 _MAX_NDIM = 64
 # The file table's size: 32 bytes per value file, so 1,048,576 slots (a 32 MiB file, allocated when created).
 _CHECKED_TABLE_BYTES = 32 << 20
+TABLE_BYTES_ENV = "PLAYMENT_TORCH_FILE_TABLE_BYTES"
+
+
+def _table_bytes_from_environment() -> int:
+    """The file table's size from ``PLAYMENT_TORCH_FILE_TABLE_BYTES``, else the default (32 MiB).
+
+    Raises:
+        ConfigError: The variable is set to something other than a whole number of bytes.
+    """
+    raw = os.environ.get(TABLE_BYTES_ENV, "").strip()
+    if not raw:
+        return _CHECKED_TABLE_BYTES
+    if not (raw.isascii() and raw.isdigit()):
+        raise ConfigError(f"{TABLE_BYTES_ENV} must be a whole number of bytes, not {raw!r}")
+    return int(raw)
 _SETTLED_NS = 2_000_000_000
 _U64 = (1 << 64) - 1
 
@@ -1344,7 +1359,8 @@ class ArrayCache:
             saves duplicate work: writes are atomic, so the cache stays correct).
         checked_table_bytes: Size of the file table shared by the processes using the cache, which remembers
             where each array's value file is and which file versions were checked in full (32 bytes per file,
-            allocated on disk up front; 0: no table, every read asks SQLite and checks in full).
+            allocated on disk up front; 0: no table, every read asks SQLite and checks in full). Default:
+            ``PLAYMENT_TORCH_FILE_TABLE_BYTES`` from the environment, else 32 MiB.
 
     Attributes:
         directory: The cache directory (created on first use).
@@ -1363,12 +1379,14 @@ class ArrayCache:
         *,
         size_limit: int | None = None,
         lock_timeout: float | None = _LOCK_TIMEOUT,
-        checked_table_bytes: int = _CHECKED_TABLE_BYTES,
+        checked_table_bytes: int | None = None,
     ) -> None:
         if size_limit is not None and size_limit <= 0:
             raise ConfigError(f"size_limit must be a positive number of bytes or None, not {size_limit!r}")
         if lock_timeout is not None and not lock_timeout >= 0:
             raise ConfigError(f"lock_timeout must be a number of seconds >= 0 or None, not {lock_timeout!r}")
+        if checked_table_bytes is None:
+            checked_table_bytes = _table_bytes_from_environment()
         if checked_table_bytes < 0:
             raise ConfigError(f"checked_table_bytes must be >= 0, not {checked_table_bytes!r}")
         self.directory = Path(directory).expanduser() if directory is not None else default_cache_dir()

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+
+# Every cache reserves its file table on disk up front (32 MiB by default): the suite's few hundred caches would
+# take ~9 GB of the temporary folder per run. 64 KiB (2,048 slots) is plenty for a test's frames; subprocesses
+# inherit it. Tests of the table itself give their sizes explicitly.
+os.environ.setdefault("PLAYMENT_TORCH_FILE_TABLE_BYTES", str(64 << 10))
 
 from playment_torch.client import PlaymentClient, RetryPolicy
 from playment_torch.testing.server import FakePlaymentServer

@@ -259,8 +259,9 @@ def test_read_pcd_without_a_copy_views_the_callers_bytes() -> None:
     assert not read_pcd(bytes(body), copy=False).data.flags.writeable  # a view of immutable bytes
 
 
-def test_a_smaller_file_table_never_shrinks_the_shared_file(tmp_path) -> None:
+def test_a_smaller_file_table_never_shrinks_the_shared_file(tmp_path, monkeypatch) -> None:
     """Another process's mapping must stay valid: shrinking the file under it would kill it with SIGBUS."""
+    monkeypatch.delenv("PLAYMENT_TORCH_FILE_TABLE_BYTES")  # the default size (conftest sets a small one)
     big = ArrayCache(tmp_path / "c")
     big.put_array("k", np.arange(10_000))
     assert big.get_array("k") is not None
@@ -356,8 +357,9 @@ def test_prefetch_inside_a_daemonic_process_uses_threads(server, tmp_path) -> No
     assert worker.exitcode == 0
 
 
-def test_a_full_disk_never_kills_a_reader_through_the_file_table(tmp_path) -> None:
+def test_a_full_disk_never_kills_a_reader_through_the_file_table(tmp_path, monkeypatch) -> None:
     """Writing into a mapped page a full file system cannot back is SIGBUS: the table's blocks are reserved."""
+    monkeypatch.delenv("PLAYMENT_TORCH_FILE_TABLE_BYTES")  # the default size, in this process and the reader
     from test_cache_adversarial import env_with_worktree, mounted_tmpfs
 
     with mounted_tmpfs(tmp_path / "disk", "40m") as disk:
@@ -518,3 +520,19 @@ def test_a_cache_that_refuses_the_labels_record_still_gives_the_labels(server, t
             np.testing.assert_array_equal(ds[i].labels.numpy(), _truth(jobs, ds, i, list(ds.classes), ds.ignore_index))
     assert not any(ds._store.labels_key(i) in ds.cache for i in range(len(ds)))
 
+
+
+def test_the_file_table_size_comes_from_the_environment(tmp_path, monkeypatch) -> None:
+    from playment_torch.errors import ConfigError
+
+    monkeypatch.setenv("PLAYMENT_TORCH_FILE_TABLE_BYTES", str(1 << 20))
+    cache = ArrayCache(tmp_path / "a")
+    cache.put_array("k", np.arange(10_000))
+    assert cache.get_array("k") is not None and (tmp_path / "a" / "files.table").stat().st_size == 1 << 20
+    assert ArrayCache(tmp_path / "b", checked_table_bytes=4096).checked_table_bytes == 4096, "an argument wins"
+    monkeypatch.delenv("PLAYMENT_TORCH_FILE_TABLE_BYTES")
+    assert ArrayCache(tmp_path / "c").checked_table_bytes == 32 << 20
+    for bad in ("1e6", "-5", "lots"):
+        monkeypatch.setenv("PLAYMENT_TORCH_FILE_TABLE_BYTES", bad)
+        with pytest.raises(ConfigError, match="PLAYMENT_TORCH_FILE_TABLE_BYTES must be a whole number of bytes"):
+            ArrayCache(tmp_path / "d")
