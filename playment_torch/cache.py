@@ -137,6 +137,9 @@ _SUM_WEIGHTS = np.arange(1, _SUM_WIDTH + 1, dtype=np.uint64)
 _MAX_NDIM = 64
 # The file table's size: 32 bytes per value file, so 1,048,576 slots (a 32 MiB file, allocated when created).
 _CHECKED_TABLE_BYTES = 32 << 20
+_SETTLED_NS = 2_000_000_000
+_U64 = (1 << 64) - 1
+#: Sets the file table's size (see ArrayCache); the suite uses it for small tables.
 TABLE_BYTES_ENV = "PLAYMENT_TORCH_FILE_TABLE_BYTES"
 
 
@@ -152,8 +155,7 @@ def _table_bytes_from_environment() -> int:
     if not (raw.isascii() and raw.isdigit()):
         raise ConfigError(f"{TABLE_BYTES_ENV} must be a whole number of bytes, not {raw!r}")
     return int(raw)
-_SETTLED_NS = 2_000_000_000
-_U64 = (1 << 64) - 1
+
 
 # No size limit means "never evict": diskcache's own default would silently cap the cache at 1 GiB.
 _UNBOUNDED = 1 << 62
@@ -352,8 +354,10 @@ def _unframe(buffer: np.ndarray, key: str | bytes, *, check_payload: bool = True
     if kind == _KIND_JSON:
         return kind, bytes(view[header_len : header_len + length])
     shape_end = _PREFIX.size + 8 * ndim
-    shape = _SHAPES[ndim].unpack_from(view, _PREFIX.size) if ndim < len(_SHAPES) else struct.unpack_from(
-        f"<{ndim}Q", view, _PREFIX.size
+    shape = (
+        _SHAPES[ndim].unpack_from(view, _PREFIX.size)
+        if ndim < len(_SHAPES)
+        else struct.unpack_from(f"<{ndim}Q", view, _PREFIX.size)
     )
     try:
         dtype = _dtype_from_descr(bytes(view[shape_end:header_len]))

@@ -82,8 +82,8 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _RETRY_CODES = frozenset({"FS_0000", "FS_0008", "api_error"})
 _AUTH_CODES = frozenset({"auth-failure", "unauthorized", "authentication_error", "forbidden"})
 _NOT_FOUND_CODES = frozenset({"FS_0006", "not_found", "not-found"})
-# Failures worth a retry; other request errors (an invalid URL or header) fail at once.
-# What a GET raises when no response came (urllib3's own exceptions: GETs go to its pool directly, see _send).
+# Failures worth a retry: a GET that got no response (urllib3's own exceptions, as GETs go to its pool directly,
+# see _send). Other request errors (an invalid URL or header) fail at once.
 _TRANSIENT_ERRORS = (
     urllib3.exceptions.ProtocolError,
     urllib3.exceptions.TimeoutError,  # NewConnectionError (refused, DNS) is one too
@@ -655,9 +655,9 @@ class PlaymentClient:
             # times per cold frame.
             prepared = requests.PreparedRequest()
             prepared.prepare_url(url, params)
-            adapter = session.get_adapter(str(prepared.url))
-            assert isinstance(adapter, requests.adapters.HTTPAdapter)
-            # (requests' TLS settings: certifi's bundle, as session.get would verify with.)
+            # (The HTTPAdapter _mount put there, with requests' TLS settings: certifi's bundle, as session.get
+            # would verify with.)
+            adapter = cast(requests.adapters.HTTPAdapter, session.get_adapter(str(prepared.url)))
             pool = cast(urllib3.HTTPConnectionPool, adapter.get_connection_with_tls_context(prepared, verify=True))
             raw = pool.urlopen(
                 "GET",

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from conftest import fast_client
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -220,9 +221,7 @@ def test_in_place_downloads_keep_reusing_one_connection(server, hosted, monkeypa
     assert len(opened) == 2 and len(set(opened)) == 2, opened
 
 
-def test_a_response_left_unread_drops_its_connection_and_the_next_one_reads_right(
-    server, hosted, monkeypatch
-) -> None:
+def test_a_response_left_unread_drops_its_connection_and_the_next_one_reads_right(server, hosted, monkeypatch) -> None:
     # A body left unread (an error page, a file not read) closes its connection, or the next request would
     # read those bytes as its response; a body read to its end keeps it.
     client = fast_client(server)
@@ -412,6 +411,7 @@ def test_the_first_read_writes_a_compact_labels_record_and_later_reads_never_map
     server, tmp_path, monkeypatch
 ) -> None:
     from playment_torch import _store
+
     jobs = add_synthetic_project(server, n_jobs=2, frames_per_job=2, points_per_frame=40_000, seed=21)
     ds = PlaymentSegmentationDataset(
         server.project_id, client=fast_client(server), cache_dir=str(tmp_path / "c"), progress=False
@@ -433,14 +433,8 @@ def test_the_first_read_writes_a_compact_labels_record_and_later_reads_never_map
     monkeypatch.setattr(ds.index, "classes_of", refuse)
     for i, labels in enumerate(first):
         again = ds[i].labels
-        assert again.dtype == torch_int64()
+        assert again.dtype == torch.int64
         np.testing.assert_array_equal(again.numpy(), labels)
-
-
-def torch_int64() -> object:
-    import torch
-
-    return torch.int64
 
 
 @pytest.mark.parametrize(
@@ -502,6 +496,7 @@ def test_a_labels_record_that_is_not_the_frames_is_not_trusted(server, tmp_path,
 
 def test_a_cache_that_refuses_the_labels_record_still_gives_the_labels(server, tmp_path, monkeypatch) -> None:
     from playment_torch.errors import CacheError
+
     jobs = add_synthetic_project(server, n_jobs=1, frames_per_job=2, points_per_frame=40_000, seed=24)
     ds = PlaymentSegmentationDataset(
         server.project_id, client=fast_client(server), cache_dir=str(tmp_path / "c"), progress=False
@@ -519,7 +514,6 @@ def test_a_cache_that_refuses_the_labels_record_still_gives_the_labels(server, t
         for i in range(len(ds)):
             np.testing.assert_array_equal(ds[i].labels.numpy(), _truth(jobs, ds, i, list(ds.classes), ds.ignore_index))
     assert not any(ds._store.labels_key(i) in ds.cache for i in range(len(ds)))
-
 
 
 def test_the_file_table_size_comes_from_the_environment(tmp_path, monkeypatch) -> None:
