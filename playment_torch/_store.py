@@ -29,7 +29,6 @@ once per process with a warning when it is decoded, and counted in ``DatasetStat
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import threading
@@ -52,6 +51,8 @@ __all__ = ["LABELS", "MASK", "POINTS", "FrameStore", "Loaded", "compact_keys", "
 
 #: A frame's records (indices into FrameStore._key_of and columns of its digest memo).
 POINTS, MASK, LABELS = 0, 1, 2
+# Seconds a process stops offering labels records to a cache that refused one.
+_REFUSED_PAUSE = 60.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class FrameStore:
         self._columns = len(self.point_fields)
         self._warned: set[tuple[str, str]] = set()
         self._warned_lock = threading.Lock()
+        self._labels_refused_until = 0.0  # see _write_labels
         # Each frame's three key digests, made on first use: a warm read needs only the digest (the cache's file
         # table leads to the value file), and building a key (URL identity, escaping) costs ~20 us.
         self._digests: np.ndarray | None = None
@@ -291,11 +293,17 @@ class FrameStore:
         return self._write_labels(position, self.mask(position, points))
 
     def _write_labels(self, position: int, mask: np.ndarray) -> np.ndarray:
-        """Map a frame's mask to class indices and store them as its labels record; return them (int64)."""
+        """Map a frame's mask to class indices and store them as its labels record; return them (int64).
+
+        The record is derived and optional: a cache that refuses it (read-only, full) costs a gather per read,
+        nothing else, and is not asked again for a minute (each refused write costs a database reopen).
+        """
         labels = self.index.classes_of(position, mask, self.ignore_index)
-        # Derived and optional: a cache that cannot take it costs a gather per read, nothing else.
-        with contextlib.suppress(CacheError):
-            self.cache.put_array(self.labels_key(position), compact_labels(labels))
+        if time.monotonic() >= self._labels_refused_until:
+            try:
+                self.cache.put_array(self.labels_key(position), compact_labels(labels))
+            except CacheError:
+                self._labels_refused_until = time.monotonic() + _REFUSED_PAUSE
         return labels
 
     def check_lengths(self, position: int, *, points: int, keys: int) -> None:

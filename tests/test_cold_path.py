@@ -504,8 +504,11 @@ def test_a_cache_that_refuses_the_labels_record_still_gives_the_labels(server, t
     ds.prefetch(num_threads=2, progress=False)
     real = ArrayCache.put_array
 
+    refused: list[str] = []
+
     def full_for_labels(self: ArrayCache, key: str, value: np.ndarray, **kwargs: object) -> None:
         if key.startswith("labels@"):
+            refused.append(key)
             raise CacheError("cache: the disk is full")
         real(self, key, value, **kwargs)  # type: ignore[arg-type]
 
@@ -514,6 +517,11 @@ def test_a_cache_that_refuses_the_labels_record_still_gives_the_labels(server, t
         for i in range(len(ds)):
             np.testing.assert_array_equal(ds[i].labels.numpy(), _truth(jobs, ds, i, list(ds.classes), ds.ignore_index))
     assert not any(ds._store.labels_key(i) in ds.cache for i in range(len(ds)))
+    assert refused == [ds._store.labels_key(0)], "asked once, then not again for a while"
+    ds._store._labels_refused_until = 0.0  # the pause is over
+    monkeypatch.setattr(ArrayCache, "put_array", real)
+    ds[1]
+    assert ds._store.labels_key(1) in ds.cache
 
 
 def test_the_file_table_size_comes_from_the_environment(tmp_path, monkeypatch) -> None:
