@@ -158,7 +158,7 @@ def warm_rows(server: Server, work: Path, repeat: int) -> dict[str, float]:
     ds = dataset(server, cache)
     ds.prefetch(num_threads=16, progress=False)
     for i in range(len(ds)):
-        ds[i]  # labels records too are written by now (prefetch writes them)
+        ds[i]  # the first reads write the labels records (prefetch leaves them to a read)
     time.sleep(2.5)  # files older than 2 s are trusted after their first verified read (see cache.py)
     npy, raw = work / "npy", work / "raw"
     npy.mkdir(exist_ok=True)
