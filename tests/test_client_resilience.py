@@ -13,6 +13,7 @@ import pickle
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -189,9 +190,15 @@ def test_a_dead_server_stops_a_16_thread_prefetch_fast() -> None:
     assert len(outcomes) == len(urls) and 50 <= len(outcomes) - len(errors) < len(urls) - 100
     assert finished - killed < 30.0  # the target; measured: well under 2 s
     assert finished - killed < 10.0
-    # One clear error per call, naming the API host (the attachments endpoint), not the storage URL behind it.
+    # One clear error per call, naming the host that stopped answering: mostly the API host (the attachments
+    # endpoint, every call's first request); the storage host for calls whose signed GET was under way when
+    # the server died, once five of those failed in a row (with kept-alive connections that can come first).
+    # Never a signed URL.
+    storage_host = fake.storage_url.split("://", 1)[1]
     assert all(type(e) is HostUnreachableError for e in errors), {type(e).__name__ for e in errors}
-    assert all(e.host == api_host and f"{api_host} is unreachable" in str(e) for e in errors)  # type: ignore[attr-defined]
+    named = Counter(e.host for e in errors)  # type: ignore[attr-defined]
+    assert set(named) <= {api_host, storage_host} and named[api_host] > len(errors) // 2, named
+    assert all(f"{e.host} is unreachable" in str(e) and "signature" not in str(e) for e in errors)  # type: ignore[attr-defined]
     # Once the breaker is open, a call fails at once.
     opened = min(end for _, end, e in outcomes if e is not None)
     late = [end - start for start, end, e in outcomes if start > opened]
