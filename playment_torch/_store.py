@@ -130,51 +130,37 @@ class FrameStore:
 
     def points_key(self, position: int) -> str:
         """The cache key of a frame's points record."""
-        index = self.index
-        job = index.job_of(position)
         kind = f"points@{self._fields_tag}"
-        if index.legacy[position]:
+        if self.index.legacy[position]:
             # A legacy point cloud is also the mask: relabelling rewrites it, so its key names the digest too.
-            kind += f"@{job.digest}"
-        return cache_key(
-            kind,
-            project_id=index.project_id,
-            job_id=job.job_id,
-            frame_id=index.frame_ids[position],
-            sensor_id=index.sensor_ids[position],
-            url=index.pointcloud_urls[position],
-        )
+            kind += f"@{self.index.job_of(position).digest}"
+        return self._frame_key(kind, position, self.index.pointcloud_urls[position])
 
     def mask_key(self, position: int) -> str:
         """The cache key of a frame's mask record (the result digest names the labelling it comes from)."""
-        index = self.index
-        job = index.job_of(position)
-        return cache_key(
-            f"mask@{job.digest}",
-            project_id=index.project_id,
-            job_id=job.job_id,
-            frame_id=index.frame_ids[position],
-            sensor_id=index.sensor_ids[position],
-            url=index.mask_urls[position],
-        )
+        return self._frame_key(f"mask@{self.index.job_of(position).digest}", position, self.index.mask_urls[position])
 
     def labels_key(self, position: int) -> str:
         """The cache key of a frame's labels record: the mask key's parts plus a digest of the frame's mapping
         from label keys to class indices under this store's class map and ``ignore_index``."""
-        index = self.index
-        job = index.job_of(position)
-        keys, classes = index.label_table(position)
+        keys, classes = self.index.label_table(position)
         mapping = hashlib.blake2b(digest_size=8)
         mapping.update(np.ascontiguousarray(keys, dtype="<i8").tobytes())
         mapping.update(np.ascontiguousarray(classes, dtype="<i8").tobytes())
         mapping.update(self.ignore_index.to_bytes(8, "little", signed=True))
+        kind = f"labels@{self.index.job_of(position).digest}@{mapping.hexdigest()}"
+        return self._frame_key(kind, position, self.index.mask_urls[position])
+
+    def _frame_key(self, kind: str, position: int, url: str) -> str:
+        """A record's cache key: ``kind`` and the frame's identity (project, job, frame, sensor, file URL)."""
+        index = self.index
         return cache_key(
-            f"labels@{job.digest}@{mapping.hexdigest()}",
+            kind,
             project_id=index.project_id,
-            job_id=job.job_id,
+            job_id=index.job_of(position).job_id,
             frame_id=index.frame_ids[position],
             sensor_id=index.sensor_ids[position],
-            url=index.mask_urls[position],
+            url=url,
         )
 
     def keys(self, position: int) -> tuple[str, str]:

@@ -1531,19 +1531,21 @@ class ArrayCache:
         # entry, which costs a fetch, never a wrong value.
         raise _CorruptEntry("value file missing")
 
-    def _read_located(self, store: _Store, number: int, digest: bytes) -> tuple[np.ndarray, np.ndarray] | None:
-        """The warm path: read an array from the value file the file table names, without asking SQLite.
+    def _read_located(self, digest: bytes) -> np.ndarray | None:
+        """The warm path: read an array from the value file the file table names, without asking SQLite, and
+        count the hit.
 
         Returns:
-            ``(entry bytes, array)``, or ``None`` whenever anything is not as the table says (the file is gone,
-            it is another key's, its checks fail): the caller then takes the SQLite path, which tells a stale
-            slot from a damaged entry.
+            The array, or ``None`` whenever anything is not as the table says (the file is gone, it is another
+            key's, its checks fail): the caller then takes the SQLite path, which tells a stale slot from a
+            damaged entry.
         """
+        number = int.from_bytes(digest, "little")
         filename, checked = self._files.find(number)
         if filename is None:
             return None
         try:
-            buffer, version = _read_path(f"{store.folder}{os.sep}{filename}")
+            buffer, version = _read_path(f"{self._arrays.folder}{os.sep}{filename}")
         except OSError:
             return None
         seen = _FileTable.version_hash(version)
@@ -1555,7 +1557,10 @@ class ArrayCache:
             return None
         if seen != checked and time.time_ns() - version[3] > _SETTLED_NS:
             self._files.remember(number, version=seen)
-        return buffer, cast(np.ndarray, payload)
+        with self._stats_lock:
+            self._stats.hits += 1
+            self._stats.bytes_read += buffer.size
+        return cast(np.ndarray, payload)
 
     def _get(
         self,
@@ -1589,12 +1594,9 @@ class ArrayCache:
         number = int.from_bytes(digest, "little")
         # (Not for a bounded cache: its reads must reach SQLite, which records access times for LRU eviction.)
         if use_table and store is self._arrays and kind == _KIND_ARRAY and self.size_limit is None:
-            located = self._read_located(store, number, digest)
+            located = self._read_located(digest)
             if located is not None:
-                with self._stats_lock:
-                    self._stats.hits += 1
-                    self._stats.bytes_read += located[0].size
-                return True, located[1]
+                return True, located
         if not isinstance(key, str):
             key = key()
         try:
@@ -1678,12 +1680,9 @@ class ArrayCache:
         """
         if self.size_limit is None:  # the warm path of _get, without its generality (~5 us of a 120 kB read)
             self._check_fork()
-            located = self._read_located(self._arrays, int.from_bytes(digest, "little"), digest)
+            located = self._read_located(digest)
             if located is not None:
-                with self._stats_lock:
-                    self._stats.hits += 1
-                    self._stats.bytes_read += located[0].size
-                return located[1]
+                return located
         found = self._get(key, _KIND_ARRAY, digest=digest, use_table=False)
         return cast("np.ndarray | None", found[1])
 
